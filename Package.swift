@@ -1,0 +1,33 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "udm",
+    products: [
+        .executable(name: "udm", targets: ["udm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // libfuse3 headers with FUSE_USE_VERSION set; nothing else.
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3"),
+        // The few Linux declarations Glibc's Swift module hides (they need _GNU_SOURCE).
+        .systemLibrary(name: "CLinux"),
+        .target(name: "UDMCore"),
+        .target(name: "UDMTargets", dependencies: ["UDMCore"]),
+        .target(name: "UDMBackends", dependencies: ["UDMCore", "CLinux"]),
+        .target(name: "UDMFuse", dependencies: ["UDMCore", "CFuse3", "CLinux"]),
+        .target(name: "UDMControl", dependencies: [
+            "UDMCore", "UDMTargets", "UDMBackends", "UDMFuse", "CLinux",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "udm", dependencies: [
+            "UDMControl", "CLinux",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .target(name: "UDMTestSupport", dependencies: ["UDMCore"]),
+        .testTarget(name: "UDMCoreTests", dependencies: ["UDMCore", "UDMTargets", "UDMTestSupport"]),
+    ]
+)

@@ -1,0 +1,57 @@
+import Glibc
+
+/// A per-thread, 4 KiB-aligned buffer for direct I/O from unaligned memory, and a source of
+/// zeros. One per thread that does I/O, made on first use and kept for the thread's life.
+final class BounceBuffer {
+    static let size = 1 << 20
+    private let memory: UnsafeMutableRawPointer
+
+    private init() {
+        memory = UnsafeMutableRawPointer.allocate(byteCount: BounceBuffer.size, alignment: 4096)
+    }
+
+    deinit { memory.deallocate() }
+
+    /// Copies through the aligned buffer in pieces of at most `size` bytes.
+    func transfer(write: Bool, fd: Int32, buffer: UnsafeMutableRawPointer, count: Int, offset: Int) -> Int {
+        var done = 0
+        while done < count {
+            let piece = min(BounceBuffer.size, count - done)
+            if write { memory.copyMemory(from: buffer + done, byteCount: piece) }
+            let result = SystemCall.transfer(write: write, fd: fd, buffer: memory, count: piece, offset: offset + done)
+            if result < 0 { return result }
+            if !write { (buffer + done).copyMemory(from: memory, byteCount: piece) }
+            done += piece
+        }
+        return 0
+    }
+
+    func writeZeros(fd: Int32, count: Int, offset: Int) -> Int {
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: BounceBuffer.size)
+        var done = 0
+        while done < count {
+            let piece = min(BounceBuffer.size, count - done)
+            let result = SystemCall.transfer(write: true, fd: fd, buffer: memory, count: piece, offset: offset + done)
+            if result < 0 { return result }
+            done += piece
+        }
+        return 0
+    }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { pointer in
+            if let pointer { Unmanaged<BounceBuffer>.fromOpaque(pointer).release() }
+        }
+        return key
+    }()
+
+    static var current: BounceBuffer {
+        if let pointer = pthread_getspecific(key) {
+            return Unmanaged<BounceBuffer>.fromOpaque(pointer).takeUnretainedValue()
+        }
+        let buffer = BounceBuffer()
+        pthread_setspecific(key, Unmanaged.passRetained(buffer).toOpaque())
+        return buffer
+    }
+}

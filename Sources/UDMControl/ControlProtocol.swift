@@ -1,0 +1,53 @@
+import Foundation
+
+/// The control protocol: one JSON object per line each way over the Unix socket; one request
+/// per connection.
+public struct ControlRequest: Codable, Sendable {
+    public enum Verb: String, Codable, Sendable {
+        case create, load, suspend, resume, clear, remove, ls, table, status, info, message, shutdown, ping
+    }
+
+    public var verb: Verb
+    public var name: String?
+    public var table: String?
+    /// Where the table text came from, for error messages ("table.txt line 3: …").
+    public var tableSource: String?
+    public var force: Bool?
+    public var words: [String]?
+
+    public init(verb: Verb, name: String? = nil, table: String? = nil, tableSource: String? = nil,
+                force: Bool? = nil, words: [String]? = nil) {
+        self.verb = verb
+        self.name = name
+        self.table = table
+        self.tableSource = tableSource
+        self.force = force
+        self.words = words
+    }
+}
+
+public struct ControlResponse: Codable, Sendable {
+    public var ok: Bool
+    public var output: String
+    public var error: String?
+
+    public static func success(_ output: String = "") -> ControlResponse { ControlResponse(ok: true, output: output) }
+    public static func failure(_ error: String) -> ControlResponse { ControlResponse(ok: false, output: "", error: error) }
+}
+
+/// A control operation refused, with the one line the CLI prints.
+public struct ControlError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+enum ControlCoding {
+    /// Requests larger than this are refused without reading further.
+    static let maxRequestBytes = 1 << 20
+
+    static func encode<T: Encodable>(_ value: T) -> Data {
+        var data = (try? JSONEncoder().encode(value)) ?? Data("{}".utf8)
+        data.append(0x0A)
+        return data
+    }
+}

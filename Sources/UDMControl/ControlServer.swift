@@ -1,0 +1,59 @@
+import Foundation
+import Glibc
+
+/// Accepts control connections on the Unix socket, one thread per connection, and answers
+/// each request through `handle`. Only root or the daemon's own user may talk to it.
+final class ControlServer: @unchecked Sendable {
+    private let listenFD: Int32
+    private let path: String
+    private let handle: @Sendable (ControlRequest) -> ControlResponse
+
+    init(path: String, handle: @escaping @Sendable (ControlRequest) -> ControlResponse) throws {
+        self.path = path
+        self.handle = handle
+        listenFD = try UnixSocket.listen(path)
+    }
+
+    func start() {
+        Thread.detachNewThread { [self] in acceptLoop() }
+    }
+
+    /// Stops accepting; requests already being answered finish.
+    func stop() {
+        unlink(path)
+        shutdown(listenFD, Int32(SHUT_RDWR))
+    }
+
+    private func acceptLoop() {
+        while true {
+            let fd = accept(listenFD, nil, nil)
+            if fd < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                return
+            }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            Thread.detachNewThread { [self] in serve(fd) }
+        }
+    }
+
+    private func serve(_ fd: Int32) {
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let response: ControlResponse
+        if let uid = UnixSocket.peerUID(fd), uid == 0 || uid == geteuid() {
+            do {
+                let data = try UnixSocket.readLine(fd, limit: ControlCoding.maxRequestBytes)
+                let request = try JSONDecoder().decode(ControlRequest.self, from: data)
+                response = handle(request)
+            } catch let error as ControlError {
+                response = .failure("bad request: \(error)")
+            } catch {
+                response = .failure("bad request: not a udm control request")
+            }
+        } else {
+            response = .failure("permission denied: only root may control udm")
+        }
+        UnixSocket.writeAll(fd, ControlCoding.encode(response))
+    }
+}

@@ -1,0 +1,38 @@
+import UDMBackends
+import UDMTargets
+
+/// Where the daemon lives and how it builds disks.
+public struct DaemonConfig: Sendable {
+    public static let defaultMountPoint = "/run/udm/disks"
+    public static let defaultStateDirectory = "/var/lib/udm"
+    public static let defaultSocket = "/run/udm/control.sock"
+    /// Clones per disk: enough for every libfuse worker to have one in flight at each level
+    /// of a stack at once, small enough to bound memory.
+    public static let defaultBioSetSize = 256
+
+    public var mountPoint: String
+    public var stateDirectory: String
+    public var socketPath: String
+    public var bioSetSize: Int
+    public var directIO: ImageFile.DirectIO
+    public var allowOther: Bool
+
+    public init(mountPoint: String = defaultMountPoint, stateDirectory: String = defaultStateDirectory,
+                socketPath: String = defaultSocket, bioSetSize: Int = defaultBioSetSize,
+                directIO: ImageFile.DirectIO = .auto, allowOther: Bool = false) {
+        self.mountPoint = mountPoint
+        self.stateDirectory = stateDirectory
+        self.socketPath = socketPath
+        self.bioSetSize = bioSetSize
+        self.directIO = directIO
+        self.allowOther = allowOther
+    }
+
+    /// Target types the daemon builds tables from: name and version, by name.
+    public static var targetTypes: [(name: String, version: String)] {
+        BuiltinTargets.registry.all.map { type in
+            let (major, minor, patch) = type.version
+            return (type.name, "\(major).\(minor).\(patch)")
+        }
+    }
+}

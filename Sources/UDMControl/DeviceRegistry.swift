@@ -1,0 +1,290 @@
+import Foundation
+import Synchronization
+import UDMBackends
+import UDMCore
+import UDMFuse
+import UDMTargets
+
+/// The daemon's disks by name: builds tables, drives each device's load / suspend / resume,
+/// exposes disks on the FUSE mount and saves every change in the `StateStore`.
+///
+/// Control operations are serialised by one lock, except for the wait in suspend (which can
+/// depend on another disk being resumed, so it must not hold the lock).
+public final class DeviceRegistry: @unchecked Sendable {
+    struct Record {
+        let device: MappedDevice
+        var live: String?
+        var inactive: String?
+        var liveDisks: Set<String> = []
+        var inactiveDisks: Set<String> = []
+        var stacksOn: Set<String> { liveDisks.union(inactiveDisks) }
+    }
+
+    private let config: DaemonConfig
+    private let fuse: FuseFileSystem
+    private let store: StateStore
+    private let lock = NSRecursiveLock()
+    private var records: [String: Record] = [:]
+    /// Creation order, so that saved definitions restore lower disks first.
+    private var order: [String] = []
+    /// Saved definitions that could not be restored; kept so that nothing is forgotten.
+    private var unrestored: [StateStore.Definition] = []
+
+    init(config: DaemonConfig, fuse: FuseFileSystem) {
+        self.config = config
+        self.fuse = fuse
+        self.store = StateStore(directory: config.stateDirectory)
+    }
+
+    /// Names dmsetup allows, less "/" so a name is one file on the mount.
+    static func validate(name: String) throws {
+        let allowed = Set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ#+-.:=@_")
+        guard !name.isEmpty, name.count <= 127, name != ".", name != "..", name.allSatisfy(allowed.contains) else {
+            throw ControlError("invalid disk name '\(name)': use 1-127 of 0-9 A-Z a-z # + - . : = @ _")
+        }
+    }
+
+    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    private func record(_ name: String) throws -> Record {
+        guard let record = records[name] else { throw ControlError("no disk named '\(name)'") }
+        return record
+    }
+
+    /// Whether disk `a`'s tables reach disk `b`.
+    private func dependsOn(_ a: String, _ b: String) -> Bool {
+        var seen: Set<String> = []
+        var queue = [a]
+        while let next = queue.popLast() {
+            for lower in records[next]?.stacksOn ?? [] {
+                if lower == b { return true }
+                if seen.insert(lower).inserted { queue.append(lower) }
+            }
+        }
+        return false
+    }
+
+    private func build(_ text: String, source: String?, for name: String) throws -> (Table, Set<String>) {
+        let resolver = TableResolver(owner: name, mountPoint: config.mountPoint, directIO: config.directIO,
+                                     lookup: { [records] in records[$0]?.device },
+                                     dependsOn: { [unowned self] in self.dependsOn($0, $1) })
+        let result = Result { () throws(TableError) -> Table in
+            try Table(lines: try TableLine.parse(text), registry: BuiltinTargets.registry, resolver: resolver,
+                      bioSetSize: config.bioSetSize)
+        }
+        switch result {
+        case .success(let table): return (table, resolver.disks)
+        case .failure(let error): throw ControlError("\(source ?? "table") \(error)")
+        }
+    }
+
+    // MARK: verbs
+
+    public func create(_ name: String, table text: String, source: String? = nil, suspended: Bool = false) throws {
+        try locked {
+            try Self.validate(name: name)
+            guard records[name] == nil else { throw ControlError("disk '\(name)' already exists") }
+            let (table, disks) = try build(text, source: source, for: name)
+            let device = MappedDevice(name: name)
+            device.load(table)
+            try device.resume()
+            records[name] = Record(device: device, live: text, liveDisks: disks)
+            order.append(name)
+            fuse.add(name: name, device: device)
+            if suspended { device.suspend() }
+            try save()
+        }
+    }
+
+    public func load(_ name: String, table text: String, source: String? = nil) throws {
+        try locked {
+            var record = try record(name)
+            let (table, disks) = try build(text, source: source, for: name)
+            record.device.load(table)
+            record.inactive = text
+            record.inactiveDisks = disks
+            records[name] = record
+            try save()
+        }
+    }
+
+    public func clear(_ name: String) throws {
+        try locked {
+            var record = try record(name)
+            record.device.clear()
+            record.inactive = nil
+            record.inactiveDisks = []
+            records[name] = record
+            try save()
+        }
+    }
+
+    public func suspend(_ name: String) throws {
+        let device = try locked { try record(name).device }
+        device.suspend()
+        try locked { try save() }
+    }
+
+    public func resume(_ name: String) throws {
+        try locked {
+            var record = try record(name)
+            do {
+                try record.device.resume()
+            } catch {
+                throw ControlError("\(error)")
+            }
+            if let inactive = record.inactive {
+                record.live = inactive
+                record.liveDisks = record.inactiveDisks
+                record.inactive = nil
+                record.inactiveDisks = []
+            }
+            records[name] = record
+            try save()
+        }
+    }
+
+    public func remove(_ name: String, force: Bool) throws {
+        try locked {
+            let record = try record(name)
+            let users = records.filter { $0.value.stacksOn.contains(name) }.map(\.key).sorted()
+            guard users.isEmpty else {
+                throw ControlError("disk '\(name)' is in use by \(users.joined(separator: ", "))")
+            }
+            let openCount = fuse.openCount(name: name)
+            if openCount > 0 {
+                guard force else {
+                    throw ControlError("disk '\(name)' is open (\(openCount) handle\(openCount == 1 ? "" : "s")); close it or use --force")
+                }
+                // dmsetup remove --force: replace the table with one that fails all I/O.
+                let (table, _) = try build("0 \(max(record.device.sectors, 1)) error", source: nil, for: name)
+                record.device.suspend()
+                record.device.load(table)
+                try? record.device.resume()
+            }
+            fuse.remove(name: name)
+            records[name] = nil
+            order.removeAll { $0 == name }
+            record.device.failHeldIO()
+            try save()
+        }
+    }
+
+    // MARK: reports
+
+    public func names() -> [String] { locked { order } }
+
+    public func list() -> String {
+        locked {
+            guard !order.isEmpty else { return "No devices found" }
+            return order.map { "\($0)\t(\(fuse.path(of: $0)))" }.joined(separator: "\n")
+        }
+    }
+
+    /// `udm table` / `udm status`: the disk's lines, or every disk's prefixed with its name.
+    public func lines(_ name: String?, _ kind: StatusKind) throws -> String {
+        try locked {
+            let names = try name.map { [try record($0)].isEmpty ? [] : [$0] } ?? order
+            var out: [String] = []
+            for disk in names {
+                let lines = records[disk]?.device.live?.lines(kind) ?? []
+                out += name == nil ? lines.map { "\(disk): \($0)" } : lines
+            }
+            return out.joined(separator: "\n")
+        }
+    }
+
+    public func info(_ name: String?) throws -> String {
+        try locked {
+            let names = try name.map { _ = try record($0); return [$0] } ?? order
+            return names.map { disk in
+                let record = records[disk]!
+                let device = record.device
+                let live = device.live
+                let tables = [live != nil ? "LIVE" : nil, device.loaded != nil ? "INACTIVE" : nil].compactMap { $0 }
+                return [
+                    "Name:              \(disk)",
+                    "State:             \(device.isSuspended ? "SUSPENDED" : "ACTIVE")",
+                    "Tables present:    \(tables.isEmpty ? "None" : tables.joined(separator: " & "))",
+                    "Open count:        \(fuse.openCount(name: disk))",
+                    "Number of targets: \(live?.entries.count ?? 0)",
+                    "Size:              \(device.sectors) sectors",
+                    "Bioset size:       \(live?.bioSet.capacity ?? config.bioSetSize)",
+                    "File:              \(fuse.path(of: disk))",
+                ].joined(separator: "\n")
+            }.joined(separator: "\n\n")
+        }
+    }
+
+    public func message(_ name: String, words: [String]) throws -> String {
+        try locked {
+            guard words.count >= 2, let sector = UInt64(words[0]) else {
+                throw ControlError("usage: udm message NAME SECTOR WORDS...")
+            }
+            guard let table = try record(name).device.live, sector < table.sectors else {
+                throw ControlError("sector \(sector) is outside disk '\(name)'")
+            }
+            let target = table.entries[table.entryIndex(for: sector)].target
+            do {
+                return try target.message(Array(words.dropFirst()))
+            } catch {
+                throw ControlError("\(name): \(error)")
+            }
+        }
+    }
+
+    // MARK: persistence
+
+    private func save() throws {
+        let definitions = order.map { name in
+            let record = records[name]!
+            return StateStore.Definition(name: name, table: record.live, inactive: record.inactive,
+                                         suspended: record.device.isSuspended)
+        } + unrestored
+        try store.save(definitions)
+    }
+
+    /// Recreates the saved disks; a disk whose lower disk is restored later is retried until no
+    /// more progress is made. Returns one line per disk that could not be restored.
+    func restore() throws -> [String] {
+        var pending = try store.load()
+        // Until restored, a definition is kept as unrestored so every save in between keeps it.
+        locked { unrestored = pending }
+        var failures: [String: String] = [:]
+        var progress = true
+        while progress && !pending.isEmpty {
+            progress = false
+            for definition in pending {
+                locked { unrestored.removeAll { $0.name == definition.name } }
+                do {
+                    guard let table = definition.table else { throw ControlError("no live table saved") }
+                    try create(definition.name, table: table, source: "saved table", suspended: definition.suspended)
+                    if let inactive = definition.inactive {
+                        try load(definition.name, table: inactive, source: "saved inactive table")
+                    }
+                    pending.removeAll { $0.name == definition.name }
+                    failures[definition.name] = nil
+                    progress = true
+                } catch {
+                    failures[definition.name] = "\(error)"
+                    locked { if records[definition.name] == nil { unrestored.append(definition) } }
+                }
+            }
+        }
+        return pending.map { "\($0.name): \(failures[$0.name] ?? "not restored")" }
+    }
+
+    /// Flushes every active disk (shutdown), so what was acknowledged is durable.
+    func flushAll() {
+        let devices = locked { order.compactMap { records[$0]?.device } }
+        let waiter = BioWaiter()
+        for device in devices where !device.isSuspended {
+            waiter.run(Bio(op: .flush), on: device)
+        }
+    }
+}
+

@@ -1,0 +1,50 @@
+import UDMBackends
+import UDMCore
+
+/// Resolves the device arguments of one table being built: an absolute path opens an image
+/// file or block device (once per table, however many lines name it); `MOUNT/NAME` stacks on
+/// another udm disk in-process, refusing a disk that depends on the one being built.
+final class TableResolver: DeviceResolver, @unchecked Sendable {
+    private let owner: String
+    private let mountPoint: String
+    private let directIO: ImageFile.DirectIO
+    private let lookup: (String) -> MappedDevice?
+    private let dependsOn: (String, String) -> Bool
+    private var opened: [String: BlockDevice] = [:]
+    /// udm disks this table stacks on.
+    private(set) var disks: Set<String> = []
+
+    /// `dependsOn(a, b)` tells whether disk a's tables reach disk b.
+    init(owner: String, mountPoint: String, directIO: ImageFile.DirectIO,
+         lookup: @escaping (String) -> MappedDevice?, dependsOn: @escaping (String, String) -> Bool) {
+        self.owner = owner
+        self.mountPoint = mountPoint
+        self.directIO = directIO
+        self.lookup = lookup
+        self.dependsOn = dependsOn
+    }
+
+    func open(_ name: String) throws -> BlockDevice {
+        if let device = opened[name] { return device }
+        let device: BlockDevice
+        let prefix = mountPoint.hasSuffix("/") ? mountPoint : mountPoint + "/"
+        if name.hasPrefix(prefix) {
+            let disk = String(name.dropFirst(prefix.count))
+            guard let mapped = lookup(disk) else {
+                throw ControlError("no udm disk named '\(disk)'")
+            }
+            if disk == owner || dependsOn(disk, owner) {
+                throw ControlError("stacking \(owner) on \(disk) would make a cycle")
+            }
+            disks.insert(disk)
+            device = mapped
+        } else {
+            guard name.hasPrefix("/") else {
+                throw ControlError("'\(name)' is neither an absolute path nor \(prefix)NAME")
+            }
+            device = try ImageFile(path: name, directIO: directIO)
+        }
+        opened[name] = device
+        return device
+    }
+}

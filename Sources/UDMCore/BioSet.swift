@@ -1,0 +1,94 @@
+import Synchronization
+
+/// A fixed pool of clones (dm: `struct bio_set` with its mempool). Memory stays bounded under
+/// any load: when the pool is empty a caller either fails (`.noWait`) or blocks until a clone
+/// comes back (`.wait`).
+public final class BioSet: @unchecked Sendable {
+    public enum Mode: Sendable { case noWait, wait }
+
+    /// How a bio that needs several clones at once takes them.
+    public enum ManyPolicy: Sendable {
+        /// Try all without waiting; on failure give them back, take the device's allocation
+        /// mutex and take all waiting. Only the mutex holder can hold a partial set, so two
+        /// threads can never each hold part of what the other needs.
+        case noWaitThenMutex
+        /// Take them one by one, waiting on each. Deadlocks under exhaustion: tests only.
+        case naive
+    }
+
+    public let capacity: Int
+    public let perBioDataSize: Int
+    private let lock = ConditionLock()
+    private var freeHead: Bio?
+    private var freeCount: Int
+    /// Serialises the blocking pass of `allocateMany` (dm reuses md->table_devices_lock).
+    private let allocationMutex: Mutex<Void>
+
+    public init(capacity: Int, perBioDataSize: Int = 0) {
+        precondition(capacity >= 1, "a bioset needs at least one clone")
+        self.capacity = capacity
+        self.perBioDataSize = perBioDataSize
+        self.freeCount = capacity
+        self.allocationMutex = Mutex(())
+        for _ in 0..<capacity {
+            let bio = Bio(pool: self, perBioDataSize: perBioDataSize)
+            bio.next = freeHead
+            freeHead = bio
+        }
+    }
+
+    /// Clones currently free (a snapshot; for status and tests).
+    public var available: Int { lock.withLock { freeCount } }
+
+    public func allocate(_ mode: Mode) -> Bio? {
+        lock.lock()
+        defer { lock.unlock() }
+        if mode == .wait {
+            while freeHead == nil { lock.wait() }
+        }
+        guard let bio = freeHead else { return nil }
+        freeHead = bio.next
+        bio.next = nil
+        freeCount -= 1
+        return bio
+    }
+
+    /// Takes `count` clones for one bio, chained through `next`.
+    public func allocateMany(_ count: Int, policy: ManyPolicy = .noWaitThenMutex) -> Bio {
+        precondition(count >= 1 && count <= capacity, "asked for \(count) clones from a pool of \(capacity)")
+        if count == 1 { return allocate(.wait)! }
+        switch policy {
+        case .naive:
+            return take(count, mode: .wait)!
+        case .noWaitThenMutex:
+            if let chain = take(count, mode: .noWait) { return chain }
+            return allocationMutex.withLock { _ in take(count, mode: .wait)! }
+        }
+    }
+
+    /// Takes `count` clones one at a time; in `.noWait` mode gives back a partial set and fails.
+    private func take(_ count: Int, mode: Mode) -> Bio? {
+        var head: Bio?
+        for _ in 0..<count {
+            guard let bio = allocate(mode) else {
+                while let b = head { head = b.next; release(b) }
+                return nil
+            }
+            bio.next = head
+            head = bio
+        }
+        return head
+    }
+
+    public func release(_ bio: Bio) {
+        bio.next = nil
+        bio.flags = []
+        bio.buffer = nil
+        lock.withLock {
+            bio.next = freeHead
+            freeHead = bio
+            freeCount += 1
+            lock.signal()
+        }
+    }
+}

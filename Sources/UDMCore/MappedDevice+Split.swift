@@ -1,0 +1,135 @@
+/// The split/clone/map pipeline (dm: dm_submit_bio, __split_and_process_bio, __map_bio,
+/// __send_duplicate_bios, dm_io_dec_pending).
+///
+/// An original bio is taken one piece at a time: the piece ends at the target's end and, for
+/// reads and writes, at the target's next `maxIOLength` boundary. The piece is cloned and
+/// mapped; if anything is left, the original goes back on this thread's `BioList` behind what
+/// the piece produced (dm since 4.16), so splitting never recurses. The original holds one
+/// reference for itself while it is being split and one per clone; the last to drop ends it,
+/// with the first error any clone reported.
+extension MappedDevice {
+    public func submitBio(_ bio: Bio) {
+        if !bio.splitting {
+            guard admit(bio) else { return }
+            bio.splitting = true
+            bio.admittedAt = self
+            bio.pending.store(1, ordering: .relaxed)
+            bio.firstError.store(0, ordering: .relaxed)
+            bio.nextSector = bio.sector
+            bio.remainingSectors = bio.sectors
+            bio.bufferOffset = 0
+            if bio.op == .flush || bio.flags.contains(.preflush) {
+                sendFlushes(for: bio, table: admittedTable)
+            }
+        }
+        processNextPiece(of: bio, table: admittedTable)
+    }
+
+    private func processNextPiece(of bio: Bio, table: Table) {
+        guard bio.remainingSectors > 0 else {
+            bio.dropReference()
+            return
+        }
+        let sector = bio.nextSector
+        guard sector < table.sectors else {
+            bio.childEnded(.ioError)
+            return
+        }
+        let entry = table.entries[table.entryIndex(for: sector)]
+        let target = entry.target
+        var length = min(bio.remainingSectors, entry.end - sector)
+        if bio.op.carriesData {
+            let maxIO = target.maxIOLength
+            if maxIO > 0 {
+                length = min(length, maxIO - (sector - entry.begin) % maxIO)
+            }
+            let clone = table.bioSet.allocate(.wait)!
+            prepare(clone, of: bio, sector: sector, sectors: length, index: 0)
+            let list = BioList.current
+            list.acceptedSectors = length
+            map(clone, by: target)
+            length = list.acceptedSectors
+        } else {
+            let count = bio.op == .discard ? target.discardBios : target.writeZeroesBios
+            sendDuplicates(count, of: bio, to: target, table: table, sector: sector, sectors: length)
+        }
+        bio.nextSector += length
+        bio.remainingSectors -= length
+        bio.bufferOffset += Int(length) << 9
+        if bio.remainingSectors > 0 {
+            bio.submit(to: self)
+        } else {
+            bio.dropReference()
+        }
+    }
+
+    /// Sends every target its `flushBios` empty flushes (for a flush, or ahead of a
+    /// PREFLUSH write's data).
+    private func sendFlushes(for bio: Bio, table: Table) {
+        for entry in table.entries {
+            sendDuplicates(entry.target.flushBios, of: bio, to: entry.target, table: table,
+                           sector: entry.begin, sectors: 0, op: .flush)
+        }
+    }
+
+    /// Sends `count` identical clones of a range (or of an empty flush) to one target,
+    /// allocated together with the bioset's multi-clone discipline.
+    private func sendDuplicates(_ count: Int, of bio: Bio, to target: Target, table: Table,
+                                sector: UInt64, sectors: UInt64, op: BioOp? = nil) {
+        guard count > 0 else {
+            _ = bio.firstError.compareExchange(expected: 0, desired: BioStatus.notSupported.errno, ordering: .relaxed)
+            return
+        }
+        var clone: Bio? = table.bioSet.allocateMany(count, policy: manyPolicy)
+        var index = 0
+        while let c = clone {
+            clone = c.next
+            c.next = nil
+            prepare(c, of: bio, sector: sector, sectors: sectors, index: index, op: op)
+            map(c, by: target)
+            index += 1
+        }
+    }
+
+    @inline(__always)
+    private func prepare(_ clone: Bio, of bio: Bio, sector: UInt64, sectors: UInt64, index: Int, op: BioOp? = nil) {
+        clone.op = op ?? bio.op
+        clone.flags = bio.flags.subtracting(.preflush)
+        if op == .flush { clone.flags = [] }
+        clone.sector = sector
+        clone.sectors = sectors
+        clone.buffer = clone.op.carriesData ? bio.buffer.map { $0 + bio.bufferOffset } : nil
+        clone.duplicateIndex = index
+        clone.parent = bio
+        bio.takeReference()
+    }
+
+    @inline(__always)
+    private func map(_ clone: Bio, by target: Target) {
+        clone.mappedBy = target
+        switch target.map(clone) {
+        case .remapped(let device):
+            clone.submit(to: device)
+        case .submitted:
+            break
+        case .kill(let status):
+            clone.end(status)
+        case .requeue:
+            clone.end(.requeue)
+        }
+    }
+
+    /// The original's last reference is gone: end it, or send it through again if a target
+    /// asked for a requeue.
+    func originalFinished(_ bio: Bio) {
+        bio.splitting = false
+        bio.admittedAt = nil
+        leaveInFlight()
+        if bio.requeueRequested.exchange(false, ordering: .relaxed) {
+            bio.submit(to: self)
+            return
+        }
+        let error = bio.firstError.load(ordering: .relaxed)
+        bio.end(error == 0 ? .ok : BioStatus(errno: error))
+    }
+}

@@ -1,0 +1,109 @@
+import CFuse3
+import Glibc
+import Synchronization
+import UDMCore
+
+/// The FUSE mount: one directory whose regular files are the disks (libfuse3 low-level API,
+/// multi-threaded loop). The only module that sees libfuse.
+public final class FuseFileSystem: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var allowOther = false
+        /// Upper bound on libfuse worker threads; a worker waits while its disk is suspended.
+        public var maxThreads: UInt32 = 64
+        public var idleThreads: UInt32 = 16
+        public init() {}
+    }
+
+    public let mountPoint: String
+    let directory = DiskDirectory()
+    private let session: OpaquePointer
+    private var loopThread: pthread_t?
+    private let finished = Mutex(false)
+    private let options: Options
+
+    /// Mounts at `mountPoint` (which must exist); I/O is served once `start` is called.
+    public init(mountPoint: String, options: Options = Options()) throws {
+        self.mountPoint = mountPoint
+        self.options = options
+        var mountOptions = "fsname=udm,subtype=udm,default_permissions"
+        if options.allowOther { mountOptions += ",allow_other" }
+        let argv = ["udm", "-o", mountOptions].map { $0.withCString { strdup($0) } }
+        let argvPointer = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: argv.count + 1)
+        for (i, arg) in argv.enumerated() { argvPointer[i] = arg }
+        argvPointer[argv.count] = nil
+        var args = fuse_args(argc: Int32(argv.count), argv: argvPointer, allocated: 0)
+        defer {
+            fuse_opt_free_args(&args)
+            argv.forEach { free($0) }
+            argvPointer.deallocate()
+        }
+        var ops = FuseOperations.table
+        // The callbacks reach the disks through the session's userdata; `directory` lives as
+        // long as the session.
+        let userdata = Unmanaged.passUnretained(directory).toOpaque()
+        guard let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, userdata) else {
+            throw FuseError("cannot create the FUSE session (is /dev/fuse there?)")
+        }
+        self.session = session
+        guard fuse_session_mount(session, mountPoint) == 0 else {
+            fuse_session_destroy(session)
+            throw FuseError("cannot mount FUSE at \(mountPoint)")
+        }
+    }
+
+    /// Serves requests on libfuse's worker threads until `stop`.
+    public func start() {
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { context in
+            let fs = Unmanaged<FuseFileSystem>.fromOpaque(context!).takeRetainedValue()
+            fs.runLoop()
+            return nil
+        }, context)
+        loopThread = thread
+    }
+
+    private func runLoop() {
+        let config = fuse_loop_cfg_create()
+        fuse_loop_cfg_set_clone_fd(config, 0)
+        fuse_loop_cfg_set_max_threads(config, options.maxThreads)
+        fuse_loop_cfg_set_idle_threads(config, options.idleThreads)
+        _ = fuse_session_loop_mt(session, config)
+        fuse_loop_cfg_destroy(config)
+        finished.withLock { $0 = true }
+    }
+
+    /// Stops serving and unmounts. Unmounting aborts the kernel connection, which wakes the
+    /// workers blocked reading /dev/fuse.
+    public func stop() {
+        fuse_session_exit(session)
+        umount2(mountPoint, Int32(MNT_DETACH))
+        if let loopThread { pthread_join(loopThread, nil) }
+        loopThread = nil
+        fuse_session_unmount(session)
+        fuse_session_destroy(session)
+    }
+
+    public func add(name: String, device: MappedDevice) {
+        directory.add(name: name, device: device)
+        _ = name.withCString { fuse_lowlevel_notify_inval_entry(session, FuseOperations.rootInode, $0, name.utf8.count) }
+    }
+
+    public func remove(name: String) {
+        directory.remove(name: name)
+        _ = name.withCString { fuse_lowlevel_notify_inval_entry(session, FuseOperations.rootInode, $0, name.utf8.count) }
+    }
+
+    /// Open handles on MOUNT/NAME.
+    public func openCount(name: String) -> Int {
+        directory.disk(name: name)?.openCount.load(ordering: .relaxed) ?? 0
+    }
+
+    public func path(of name: String) -> String { mountPoint + "/" + name }
+}
+
+public struct FuseError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+

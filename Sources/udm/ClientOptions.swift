@@ -1,0 +1,54 @@
+import ArgumentParser
+import Foundation
+import UDMControl
+
+/// How a client verb finds the daemon, and how it reports the daemon's answer.
+struct ClientOptions: ParsableArguments {
+    @Option(help: "The daemon's control socket (default: $UDM_SOCKET, else \(DaemonConfig.defaultSocket)).")
+    var socket: String?
+
+    var socketPath: String {
+        socket ?? ProcessInfo.processInfo.environment["UDM_SOCKET"] ?? DaemonConfig.defaultSocket
+    }
+
+    /// Sends the request; prints the answer, or one line on stderr and exits non-zero.
+    func send(_ request: ControlRequest) throws {
+        let response: ControlResponse
+        do {
+            response = try ControlClient.send(request, socket: socketPath)
+        } catch {
+            fail("\(error)")
+        }
+        guard response.ok else { fail(response.error ?? "the daemon refused the request") }
+        if !response.output.isEmpty { print(response.output) }
+    }
+}
+
+/// Prints `udm: message` on stderr and exits with status 1.
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("udm: \(message)\n".utf8))
+    Foundation.exit(1)
+}
+
+/// Where a table comes from: --table, --table-file, or standard input.
+struct TableOptions: ParsableArguments {
+    @Option(help: "The table text (lines separated by newlines).")
+    var table: String?
+
+    @Option(help: "Read the table from this file.")
+    var tableFile: String?
+
+    /// The table text and the name to cite in errors.
+    func read() -> (text: String, source: String) {
+        if table != nil && tableFile != nil { fail("give --table or --table-file, not both") }
+        if let table { return (table, "table") }
+        if let tableFile {
+            guard let data = FileManager.default.contents(atPath: tableFile) else {
+                fail("cannot read table file \(tableFile)")
+            }
+            return (String(decoding: data, as: UTF8.self), tableFile)
+        }
+        let data = FileHandle.standardInput.readDataToEndOfFile()
+        return (String(decoding: data, as: UTF8.self), "stdin")
+    }
+}

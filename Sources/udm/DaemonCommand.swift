@@ -1,0 +1,118 @@
+import ArgumentParser
+import CLinux
+import Foundation
+import Glibc
+import UDMBackends
+import UDMControl
+
+extension ImageFile.DirectIO: ExpressibleByArgument {}
+
+struct DaemonCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon",
+        abstract: "Start the udm daemon: mount the disk directory, restore saved disks, serve the control socket.",
+        discussion: """
+            Without --foreground it starts the daemon in the background (output in
+            STATE-DIR/daemon.log) and returns once disks are served. A stale mount left by a
+            killed daemon is cleared on start.
+            """)
+
+    @Option(help: "Directory where each disk appears as a file.") var mount = DaemonConfig.defaultMountPoint
+    @Option(help: "Directory for the saved disk definitions.") var stateDir = DaemonConfig.defaultStateDirectory
+    @Option(help: "The control socket (default: $UDM_SOCKET, else \(DaemonConfig.defaultSocket)).") var socket: String?
+    @Flag(help: "Stay in the foreground, logging to stderr.") var foreground = false
+    @Option(help: "Clones in each disk's bioset (at least 1; raised to a table's largest duplicate count).")
+    var biosetSize = DaemonConfig.defaultBioSetSize
+    @Option(help: "O_DIRECT on image files: auto (where the file accepts it), on, off.") var directIO = ImageFile.DirectIO.auto
+    @Flag(help: "Let users other than root open the disk files (FUSE allow_other).") var allowOther = false
+
+    func validate() throws {
+        guard biosetSize >= 1 else { throw ValidationError("--bioset-size must be at least 1") }
+    }
+
+    private var config: DaemonConfig {
+        DaemonConfig(mountPoint: absolute(mount), stateDirectory: absolute(stateDir),
+                     socketPath: absolute(socket ?? ProcessInfo.processInfo.environment["UDM_SOCKET"] ?? DaemonConfig.defaultSocket),
+                     bioSetSize: biosetSize, directIO: directIO, allowOther: allowOther)
+    }
+
+    func run() throws {
+        let config = self.config
+        if foreground {
+            do {
+                try Daemon(config: config).run()
+            } catch {
+                fail("\(error)")
+            }
+            return
+        }
+        try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true)
+        let logPath = config.stateDirectory + "/daemon.log"
+        let pid = spawnForeground(config: config, log: logPath)
+        // Ready when the socket answers; give up if the child dies first.
+        for _ in 0..<300 {
+            if let answer = try? ControlClient.send(ControlRequest(verb: .ping), socket: config.socketPath),
+               answer.output == "udm \(pid)" {
+                print("udm daemon running (pid \(pid))")
+                return
+            }
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+                let lastLine = log.split(separator: "\n").last.map(String.init) ?? "no output"
+                fail("the daemon exited during start: \(lastLine)")
+            }
+            usleep(100_000)
+        }
+        fail("the daemon did not answer on \(config.socketPath) within 30 s; see \(logPath)")
+    }
+
+    /// Starts `udm daemon --foreground` with the same settings in a new session, output to `log`.
+    private func spawnForeground(config: DaemonConfig, log: String) -> pid_t {
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
+        var arguments = [executable, "daemon", "--foreground", "--mount", config.mountPoint,
+                         "--state-dir", config.stateDirectory, "--socket", config.socketPath,
+                         "--bioset-size", String(config.bioSetSize), "--direct-io", config.directIO.rawValue]
+        if config.allowOther { arguments.append("--allow-other") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        posix_spawnattr_setflags(&attributes, udm_posix_spawn_setsid)
+        defer {
+            posix_spawn_file_actions_destroy(&actions)
+            posix_spawnattr_destroy(&attributes)
+        }
+        let argv = arguments.map { $0.withCString { strdup($0) } } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+        guard result == 0 else { fail("cannot start the daemon: \(String(cString: strerror(result)))") }
+        return pid
+    }
+}
+
+struct ShutdownCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shutdown",
+        abstract: "Stop the daemon cleanly: flush every disk, unmount, exit.")
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        try client.send(ControlRequest(verb: .shutdown))
+        // Return once the daemon is gone, so that the mount is free for the next one.
+        for _ in 0..<300 {
+            if (try? ControlClient.send(ControlRequest(verb: .ping), socket: client.socketPath)) == nil { return }
+            usleep(100_000)
+        }
+        fail("the daemon did not stop within 30 s")
+    }
+}
+
+/// Makes a path absolute against the current directory (libfuse keeps the mount path string).
+func absolute(_ path: String) -> String {
+    path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}
