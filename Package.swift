@@ -29,5 +29,6 @@ let package = Package(
         ]),
         .target(name: "UDMTestSupport", dependencies: ["UDMCore"]),
         .testTarget(name: "UDMCoreTests", dependencies: ["UDMCore", "UDMTargets", "UDMTestSupport"]),
+        .testTarget(name: "UDMTargetsTests", dependencies: ["UDMCore", "UDMTargets", "UDMTestSupport"]),
     ]
 )

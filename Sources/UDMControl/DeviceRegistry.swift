@@ -188,7 +188,7 @@ public final class DeviceRegistry: @unchecked Sendable {
     /// `udm table` / `udm status`: the disk's lines, or every disk's prefixed with its name.
     public func lines(_ name: String?, _ kind: StatusKind) throws -> String {
         try locked {
-            let names = try name.map { [try record($0)].isEmpty ? [] : [$0] } ?? order
+            let names = try name.map { _ = try record($0); return [$0] } ?? order
             var out: [String] = []
             for disk in names {
                 let lines = records[disk]?.device.live?.lines(kind) ?? []

@@ -46,6 +46,8 @@ public final class Bio: @unchecked Sendable {
     var nextSector: UInt64 = 0
     var remainingSectors: UInt64 = 0
     var bufferOffset: Int = 0
+    /// The next target to send flushes to, while a flush or PREFLUSH is being sent out.
+    var flushingTarget: Int?
     var admittedAt: MappedDevice?
 
     /// Intrusive link: a bio sits on at most one list (a thread's BioList, a deferred list, a pool).

@@ -6,7 +6,8 @@
 /// mapped; if anything is left, the original goes back on this thread's `BioList` behind what
 /// the piece produced (dm since 4.16), so splitting never recurses. The original holds one
 /// reference for itself while it is being split and one per clone; the last to drop ends it,
-/// with the first error any clone reported.
+/// with the first error any clone reported. A flush (or the PREFLUSH of a write) is sent the
+/// same way, one target per pass, before any data.
 extension MappedDevice {
     public func submitBio(_ bio: Bio) {
         if !bio.splitting {
@@ -18,11 +19,17 @@ extension MappedDevice {
             bio.nextSector = bio.sector
             bio.remainingSectors = bio.sectors
             bio.bufferOffset = 0
-            if bio.op == .flush || bio.flags.contains(.preflush) {
-                sendFlushes(for: bio, table: admittedTable)
-            }
+            bio.flushingTarget = bio.op == .flush || bio.flags.contains(.preflush) ? 0 : nil
         }
-        processNextPiece(of: bio, table: admittedTable)
+        let table = admittedTable
+        if let index = bio.flushingTarget, index < table.entries.count {
+            sendFlushes(for: bio, to: table.entries[index].target, table: table)
+            bio.flushingTarget = index + 1
+            bio.submit(to: self)
+            return
+        }
+        bio.flushingTarget = nil
+        processNextPiece(of: bio, table: table)
     }
 
     private func processNextPiece(of bio: Bio, table: Table) {
@@ -63,13 +70,11 @@ extension MappedDevice {
         }
     }
 
-    /// Sends every target its `flushBios` empty flushes (for a flush, or ahead of a
-    /// PREFLUSH write's data).
-    private func sendFlushes(for bio: Bio, table: Table) {
-        for entry in table.entries {
-            sendDuplicates(entry.target.flushBios, of: bio, to: entry.target, table: table,
-                           sector: entry.begin, sectors: 0, op: .flush)
-        }
+    /// Sends one target its `flushBios` empty flushes (for a flush, or ahead of a PREFLUSH
+    /// write's data). One target per pass through the BioList, like a split, so a thread never
+    /// holds more clones of this device than one target's duplicate count.
+    private func sendFlushes(for bio: Bio, to target: Target, table: Table) {
+        sendDuplicates(target.flushBios, of: bio, to: target, table: table, sector: 0, sectors: 0, op: .flush)
     }
 
     /// Sends `count` identical clones of a range (or of an empty flush) to one target,

@@ -6,6 +6,7 @@ public enum BuiltinTargets {
         LinearTarget.self,
         ErrorTarget.self,
         ZeroTarget.self,
+        StripedTarget.self,
     ]
 
     public static let registry = TargetRegistry(all)

@@ -23,9 +23,13 @@ public final class MemoryDevice: BlockDevice, @unchecked Sendable {
     private let log = Mutex<[Seen]>([])
     private let failing = Mutex<[ClosedRange<UInt64>: BioStatus]>([:])
 
-    public init(name: String = "mem", sectors: UInt64) {
+    private let recording: Bool
+
+    /// `recording: false` keeps no log (for stress tests that issue millions of bios).
+    public init(name: String = "mem", sectors: UInt64, recording: Bool = true) {
         self.name = name
         self.sectors = sectors
+        self.recording = recording
         bytes = .allocate(byteCount: Int(sectors) << 9, alignment: 4096)
         bytes.initializeMemory(as: UInt8.self, repeating: 0, count: Int(sectors) << 9)
     }
@@ -47,7 +51,7 @@ public final class MemoryDevice: BlockDevice, @unchecked Sendable {
     }
 
     public func submitBio(_ bio: Bio) {
-        log.withLock { $0.append(Seen(op: bio.op, sector: bio.sector, sectors: bio.sectors)) }
+        if recording { log.withLock { $0.append(Seen(op: bio.op, sector: bio.sector, sectors: bio.sectors)) } }
         let last = bio.sector + max(bio.sectors, 1) - 1
         if let status = failing.withLock({ $0.first { $0.key.overlaps(bio.sector...last) }?.value }) {
             bio.end(status)

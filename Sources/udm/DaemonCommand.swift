@@ -12,8 +12,8 @@ struct DaemonCommand: ParsableCommand {
         commandName: "daemon",
         abstract: "Start the udm daemon: mount the disk directory, restore saved disks, serve the control socket.",
         discussion: """
-            Without --foreground it starts the daemon in the background (output in
-            STATE-DIR/daemon.log) and returns once disks are served. A stale mount left by a
+            Without --foreground it starts the daemon in the background (output in \
+            STATE-DIR/daemon.log) and returns once disks are served. A stale mount left by a \
             killed daemon is cleared on start.
             """)
 

@@ -6,12 +6,16 @@ struct Udm: ParsableCommand {
         commandName: "udm",
         abstract: "A userspace device-mapper: dmsetup-style disks exposed as files on a FUSE mount.",
         discussion: """
-            Start the daemon once with `udm daemon`; each disk NAME then appears as the file
-            MOUNT/NAME (default /run/udm/disks/NAME). Attach it to a loop device for a block
-            device (mount/udm-mount does that and mounts it). Tables use dmsetup's syntax:
-            lines of `<start> <length> <target> <arguments>` in 512-byte sectors; a device
-            argument is an absolute path or MOUNT/NAME of another udm disk.
-            Client verbs find the daemon by --socket, else $UDM_SOCKET, else /run/udm/control.sock.
+            Start the daemon once with `udm daemon`; each disk NAME then appears as the file \
+            MOUNT/NAME (default /run/udm/disks/NAME). Attach it to a loop device for a block \
+            device (mount/udm-mount does that and mounts it).
+
+            Tables use dmsetup's syntax: lines of `<start> <length> <target> <arguments>` in \
+            512-byte sectors; a device argument is an absolute path or MOUNT/NAME of another \
+            udm disk.
+
+            Client verbs find the daemon by --socket, else $UDM_SOCKET, else \
+            /run/udm/control.sock.
             """,
         subcommands: [
             DaemonCommand.self, ShutdownCommand.self,
