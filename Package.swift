@@ -16,7 +16,8 @@ let package = Package(
         // The few Linux declarations Glibc's Swift module hides (they need _GNU_SOURCE).
         .systemLibrary(name: "CLinux"),
         .target(name: "UDMCore"),
-        .target(name: "UDMTargets", dependencies: ["UDMCore"]),
+        .target(name: "UDMExceptionStore", dependencies: ["UDMCore"]),
+        .target(name: "UDMTargets", dependencies: ["UDMCore", "UDMExceptionStore"]),
         .target(name: "UDMBackends", dependencies: ["UDMCore", "CLinux"]),
         .target(name: "UDMFuse", dependencies: ["UDMCore", "CFuse3", "CLinux"]),
         .target(name: "UDMControl", dependencies: [
@@ -29,6 +30,7 @@ let package = Package(
         ]),
         .target(name: "UDMTestSupport", dependencies: ["UDMCore"]),
         .testTarget(name: "UDMCoreTests", dependencies: ["UDMCore", "UDMTargets", "UDMTestSupport"]),
+        .testTarget(name: "UDMExceptionStoreTests", dependencies: ["UDMCore", "UDMExceptionStore", "UDMTestSupport"]),
         .testTarget(name: "UDMTargetsTests", dependencies: ["UDMCore", "UDMTargets", "UDMTestSupport"]),
     ]
 )

@@ -5,7 +5,7 @@ import UDMCore
 /// A `BlockDevice` over an image file or a host block device: the bottom of every stack.
 ///
 /// I/O runs synchronously on the submitting thread, straight between the bio's buffer and the
-/// file: read = pread, write = pwrite (FUA adds fdatasync), flush = fdatasync, discard =
+/// file: read = pread, write = pwrite (PREFLUSH adds an fdatasync before, FUA one after), flush = fdatasync, discard =
 /// punch hole, write-zeroes = zero range (with a fallback to writing zeros).
 ///
 /// With direct I/O (the default where the file accepts O_DIRECT) the host page cache is
@@ -73,6 +73,14 @@ public final class ImageFile: BlockDevice, @unchecked Sendable {
         let offset = Int(bio.sector) << 9
         switch bio.op {
         case .read, .write:
+            // PREFLUSH: what was written before must be durable before this write's data.
+            if bio.flags.contains(.preflush) {
+                let flushed = SystemCall.retrying { Int(fdatasync(fd)) }
+                guard flushed == 0 else {
+                    bio.end(BioStatus(errno: Int32(-flushed)))
+                    return
+                }
+            }
             result = transfer(bio, offset: offset)
         case .flush:
             result = SystemCall.retrying { Int(fdatasync(fd)) }

@@ -36,6 +36,12 @@ struct ControlCommands: Sendable {
         case .status: return try registry.lines(request.name, .info)
         case .info: return try registry.info(request.name)
         case .message: return try registry.message(try name(), words: request.words ?? [])
+        case .snapshotCreate:
+            guard let options = request.snapshot else { throw ControlError("snapshot create needs its options") }
+            try registry.createSnapshot(.init(origin: options.origin, snapshot: try name(), cow: options.cow, size: options.size,
+                                              chunkSize: options.chunkSize, transient: options.transient, overflow: options.overflow))
+        case .snapshotList: return registry.listSnapshots()
+        case .snapshotRemove: try registry.removeSnapshot(try name(), force: request.force ?? false)
         case .shutdown:
             requestStop()
         }

@@ -5,6 +5,7 @@ import Foundation
 public struct ControlRequest: Codable, Sendable {
     public enum Verb: String, Codable, Sendable {
         case create, load, suspend, resume, clear, remove, ls, table, status, info, message, shutdown, ping
+        case snapshotCreate = "snapshot-create", snapshotList = "snapshot-list", snapshotRemove = "snapshot-remove"
     }
 
     public var verb: Verb
@@ -14,15 +15,36 @@ public struct ControlRequest: Codable, Sendable {
     public var tableSource: String?
     public var force: Bool?
     public var words: [String]?
+    /// For snapshot-create.
+    public var snapshot: SnapshotOptions?
+
+    public struct SnapshotOptions: Codable, Sendable {
+        public var origin: String
+        public var cow: String
+        public var size: UInt64?
+        public var chunkSize: UInt64
+        public var transient: Bool
+        public var overflow: Bool
+
+        public init(origin: String, cow: String, size: UInt64?, chunkSize: UInt64, transient: Bool, overflow: Bool) {
+            self.origin = origin
+            self.cow = cow
+            self.size = size
+            self.chunkSize = chunkSize
+            self.transient = transient
+            self.overflow = overflow
+        }
+    }
 
     public init(verb: Verb, name: String? = nil, table: String? = nil, tableSource: String? = nil,
-                force: Bool? = nil, words: [String]? = nil) {
+                force: Bool? = nil, words: [String]? = nil, snapshot: SnapshotOptions? = nil) {
         self.verb = verb
         self.name = name
         self.table = table
         self.tableSource = tableSource
         self.force = force
         self.words = words
+        self.snapshot = snapshot
     }
 }
 

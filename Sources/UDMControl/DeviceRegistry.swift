@@ -23,12 +23,17 @@ public final class DeviceRegistry: @unchecked Sendable {
     private let config: DaemonConfig
     private let fuse: FuseFileSystem
     private let store: StateStore
+    /// Shared by every table this daemon builds (the copy engine, the snapshot origins).
+    private let services = TargetServices()
     private let lock = NSRecursiveLock()
-    private var records: [String: Record] = [:]
+    private(set) var records: [String: Record] = [:]
     /// Creation order, so that saved definitions restore lower disks first.
     private var order: [String] = []
     /// Saved definitions that could not be restored; kept so that nothing is forgotten.
     private var unrestored: [StateStore.Definition] = []
+    /// Transient snapshots found in the saved definitions at start: their contents died with
+    /// the previous daemon, so they are reported, not restored.
+    private(set) var lostSnapshots: [String] = []
 
     init(config: DaemonConfig, fuse: FuseFileSystem) {
         self.config = config
@@ -44,13 +49,13 @@ public final class DeviceRegistry: @unchecked Sendable {
         }
     }
 
-    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock()
         defer { lock.unlock() }
         return try body()
     }
 
-    private func record(_ name: String) throws -> Record {
+    func record(_ name: String) throws -> Record {
         guard let record = records[name] else { throw ControlError("no disk named '\(name)'") }
         return record
     }
@@ -74,7 +79,7 @@ public final class DeviceRegistry: @unchecked Sendable {
                                      dependsOn: { [unowned self] in self.dependsOn($0, $1) })
         let result = Result { () throws(TableError) -> Table in
             try Table(lines: try TableLine.parse(text), registry: BuiltinTargets.registry, resolver: resolver,
-                      bioSetSize: config.bioSetSize)
+                      bioSetSize: config.bioSetSize, services: services)
         }
         switch result {
         case .success(let table): return (table, resolver.disks)
@@ -237,6 +242,15 @@ public final class DeviceRegistry: @unchecked Sendable {
         }
     }
 
+    /// Whether a saved table is a transient snapshot (which cannot outlive its daemon).
+    static func isTransientSnapshot(_ table: String) -> Bool {
+        guard let lines = try? TableLine.parse(table), lines.count == 1, lines[0].type == "snapshot",
+              lines[0].arguments.count == 4 else { return false }
+        return lines[0].arguments[2].uppercased() == "N"
+    }
+
+    var mountPoint: String { config.mountPoint }
+
     // MARK: persistence
 
     private func save() throws {
@@ -260,6 +274,12 @@ public final class DeviceRegistry: @unchecked Sendable {
             progress = false
             for definition in pending {
                 locked { unrestored.removeAll { $0.name == definition.name } }
+                if let table = definition.table, Self.isTransientSnapshot(table) {
+                    pending.removeAll { $0.name == definition.name }
+                    locked { lostSnapshots.append(definition.name) }
+                    failures[definition.name] = nil
+                    continue
+                }
                 do {
                     guard let table = definition.table else { throw ControlError("no live table saved") }
                     try create(definition.name, table: table, source: "saved table", suspended: definition.suspended)
@@ -275,7 +295,9 @@ public final class DeviceRegistry: @unchecked Sendable {
                 }
             }
         }
+        try locked { try save() }
         return pending.map { "\($0.name): \(failures[$0.name] ?? "not restored")" }
+            + lostSnapshots.map { "\($0): a transient (N) snapshot; its exceptions lived in the previous daemon's memory and are gone" }
     }
 
     /// Flushes every active disk (shutdown), so what was acknowledged is durable.

@@ -18,7 +18,7 @@ public final class Table: Sendable {
     /// Builds the targets of `lines`, rejecting a gap, an overlap, a zero length, an unknown
     /// target type or a target's own complaint, naming the line and field.
     public init(lines: [TableLine], registry: TargetRegistry, resolver: DeviceResolver,
-                bioSetSize: Int) throws(TableError) {
+                bioSetSize: Int, services: TargetServices = TargetServices()) throws(TableError) {
         guard !lines.isEmpty else {
             throw TableError(line: nil, field: nil, "the table has no lines")
         }
@@ -40,7 +40,7 @@ public final class Table: Sendable {
             guard let type = registry.type(named: line.type) else {
                 throw TableError(line: line.lineNumber, field: "target type", "unknown target type '\(line.type)'")
             }
-            let context = TargetContext(begin: line.start, length: line.length, resolver: resolver)
+            let context = TargetContext(begin: line.start, length: line.length, resolver: resolver, services: services)
             let target: Target
             do {
                 target = try type.init(arguments: line.arguments, context: context)

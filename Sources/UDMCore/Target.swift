@@ -72,13 +72,15 @@ public final class TargetContext: @unchecked Sendable {
     public let begin: UInt64
     public let length: UInt64
     public var end: UInt64 { begin + length }
+    public let services: TargetServices
     private let resolver: DeviceResolver
     public private(set) var devices: [BlockDevice] = []
 
-    public init(begin: UInt64, length: UInt64, resolver: DeviceResolver) {
+    public init(begin: UInt64, length: UInt64, resolver: DeviceResolver, services: TargetServices) {
         self.begin = begin
         self.length = length
         self.resolver = resolver
+        self.services = services
     }
 
     /// Opens the device named by table argument `argument` (1-based) and checks that

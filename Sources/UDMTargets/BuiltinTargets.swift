@@ -7,6 +7,8 @@ public enum BuiltinTargets {
         ErrorTarget.self,
         ZeroTarget.self,
         StripedTarget.self,
+        SnapshotOriginTarget.self,
+        SnapshotTarget.self,
     ]
 
     public static let registry = TargetRegistry(all)

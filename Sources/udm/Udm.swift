@@ -22,7 +22,7 @@ struct Udm: ParsableCommand {
             CreateCommand.self, LoadCommand.self, SuspendCommand.self, ResumeCommand.self,
             ClearCommand.self, RemoveCommand.self,
             ListCommand.self, TableCommand.self, StatusCommand.self, InfoCommand.self,
-            MessageCommand.self, TargetsCommand.self,
+            MessageCommand.self, TargetsCommand.self, SnapshotCommand.self,
         ]
     )
 }

@@ -1,0 +1,106 @@
+import Synchronization
+import UDMCore
+
+/// The snapshots of each origin device, shared by the snapshot-origin and snapshot targets
+/// (dm-snap.c's `_origins` hash). Kept in `TargetServices`, so one per daemon.
+final class OriginRegistry: Sendable {
+    private let origins = Mutex<[ObjectIdentifier: Origin]>([:])
+
+    static func of(_ services: TargetServices) -> OriginRegistry {
+        services.shared(OriginRegistry.self) { OriginRegistry() }
+    }
+
+    /// The origin state for `device` (the origin's real device, which both targets name).
+    func origin(for device: BlockDevice) -> Origin {
+        origins.withLock { origins in
+            if let origin = origins[ObjectIdentifier(device)] { return origin }
+            let origin = Origin(device: device)
+            origins[ObjectIdentifier(device)] = origin
+            return origin
+        }
+    }
+}
+
+/// One origin device and its active snapshots. `lock` guards the exception state of every
+/// snapshot of the origin, so an origin write sees all of them at one instant; its condition
+/// is signalled when a tracked snapshot read of the origin ends.
+final class Origin: @unchecked Sendable {
+    let device: BlockDevice
+    let lock = ConditionLock()
+    private var registered: [Weak] = []
+
+    private struct Weak {
+        weak var snapshot: SnapshotTarget?
+    }
+
+    init(device: BlockDevice) {
+        self.device = device
+    }
+
+    /// With `lock` held: the snapshots that are still alive.
+    var snapshots: [SnapshotTarget] {
+        registered.removeAll { $0.snapshot == nil }
+        return registered.compactMap(\.snapshot)
+    }
+
+    func register(_ snapshot: SnapshotTarget) {
+        lock.withLock {
+            if !snapshots.contains(where: { $0 === snapshot }) {
+                registered.append(Weak(snapshot: snapshot))
+            }
+        }
+    }
+
+    func unregister(_ snapshot: SnapshotTarget) {
+        lock.withLock { registered.removeAll { $0.snapshot == nil || $0.snapshot === snapshot } }
+    }
+
+    /// An origin write may proceed only once every valid snapshot holds its own copy of the
+    /// chunk. Starts the copies that are missing; if any copy is outstanding, queues `bio` on
+    /// one of them (it comes back here when that copy is committed) and returns false.
+    func writeMayProceed(_ bio: Bio) -> Bool {
+        var started: [PendingException] = []
+        var waitOn: PendingException?
+        lock.withLock {
+            for snapshot in snapshots {
+                switch snapshot.exceptionForOriginWrite(at: bio.sector) {
+                case .none: break
+                case .pending(let pending): waitOn = pending
+                case .started(let pending):
+                    waitOn = pending
+                    started.append(pending)
+                }
+            }
+            waitOn?.originBios.append(bio)
+        }
+        started.forEach { $0.snapshot.startCopy($0) }
+        return waitOn == nil
+    }
+
+    /// The smallest chunk among the active snapshots (0 if none): origin writes are cut there.
+    var smallestChunk: UInt64 {
+        lock.withLock { snapshots.filter(\.isActive).map(\.chunkSize).min() ?? 0 }
+    }
+
+    /// Sends an origin write that waited for a copy through the check again, then on to the
+    /// origin device if nothing else is outstanding.
+    func retry(_ bio: Bio) {
+        if writeMayProceed(bio) { bio.submit(to: device) }
+    }
+}
+
+/// A chunk being copied to one snapshot's COW (dm: `struct dm_snap_pending_exception`), with
+/// the writes waiting for it.
+final class PendingException: @unchecked Sendable {
+    let old: UInt64
+    let new: UInt64
+    unowned let snapshot: SnapshotTarget
+    var originBios: [Bio] = []
+    var snapshotBios: [Bio] = []
+
+    init(old: UInt64, new: UInt64, snapshot: SnapshotTarget) {
+        self.old = old
+        self.new = new
+        self.snapshot = snapshot
+    }
+}

@@ -1,0 +1,237 @@
+import UDMCore
+import UDMExceptionStore
+
+/// `snapshot <origin> <COW> <P|PO|N> <chunk size>`: a point-in-time copy of `origin` that
+/// stores only the chunks that differ, in an exception store on `COW` (dm-snap.c, snapshot).
+///
+/// A read of a chunk with an exception comes from the COW device, any other from the origin
+/// (tracked until it ends, so the origin chunk is not overwritten under it). A write to a
+/// chunk without an exception first copies the origin chunk to a new COW chunk, commits the
+/// exception, then goes to the COW device. The origin's writes trigger the same copies (see
+/// `Origin`). Store `P` is persistent (the kernel's format), `PO` persistent with overflow
+/// (a snapshot write that finds the COW full fails, the snapshot stays readable), `N`
+/// transient. A full COW otherwise invalidates the snapshot: its I/O fails, the origin goes on.
+/// Chunk size: a power of two up to 2^21 sectors, 0 meaning the header's or 32; a persistent
+/// header's chunk size wins. Table: `<origin> <COW> <P|PO|N> <chunk>`. Status:
+/// `<sectors allocated>/<total sectors> <metadata sectors>`, `Invalid` or `Overflow`.
+public final class SnapshotTarget: Target, @unchecked Sendable {
+    public static let name = "snapshot"
+    public static let version = (1, 16, 0)
+
+    enum State { case valid, overflow, invalid }
+
+    enum OriginWriteNeed {
+        case none
+        case pending(PendingException)
+        case started(PendingException)
+    }
+
+    private let originDevice: BlockDevice
+    private let cow: BlockDevice
+    private let originName: String
+    private let cowName: String
+    private let storeType: String
+    private let store: ExceptionStore
+    private let origin: Origin
+    private let copyEngine: CopyEngine
+    let chunkSize: UInt64
+    private let chunkShift: UInt64
+
+    // Guarded by origin.lock.
+    private var completed: [UInt64: UInt64] = [:]
+    private var pending: [UInt64: PendingException] = [:]
+    private var trackedReads: [UInt64: Int] = [:]
+    private var state = State.valid
+    private(set) var isActive = false
+
+    public init(arguments: [String], context: TargetContext) throws {
+        guard arguments.count == 4 else {
+            throw TargetError("snapshot takes <origin> <COW> <P|PO|N> <chunk size>; got \(arguments.count) arguments")
+        }
+        let type = arguments[2].uppercased()
+        guard ["P", "PO", "N"].contains(type) else {
+            throw TargetError("invalid store type '\(arguments[2])': use P, PO or N", argument: 3)
+        }
+        guard let chunk = UInt64(arguments[3]), chunk & (chunk &- 1) == 0, chunk <= PersistentStore.maxChunkSize else {
+            throw TargetError("invalid chunk size '\(arguments[3])': a power of two up to \(PersistentStore.maxChunkSize) sectors, or 0", argument: 4)
+        }
+        guard context.begin == 0 else { throw TargetError("snapshot must map its device from sector 0") }
+        originName = arguments[0]
+        cowName = arguments[1]
+        storeType = type
+        originDevice = try context.openDevice(originName, argument: 1, sectors: context.length)
+        cow = try context.openDevice(cowName, argument: 2)
+        store = type == "N" ? TransientStore(cow: cow, chunkSize: chunk) : PersistentStore(cow: cow, chunkSize: chunk)
+        var found: [UInt64: UInt64] = [:]
+        do {
+            if try !store.read({ found[$0] = $1 }) { state = .invalid }
+        } catch {
+            throw TargetError("\(error)", argument: 2)
+        }
+        completed = found
+        chunkSize = store.chunkSize
+        chunkShift = UInt64(chunkSize.trailingZeroBitCount)
+        origin = OriginRegistry.of(context.services).origin(for: originDevice)
+        copyEngine = context.services.copyEngine
+    }
+
+    deinit { origin.unregister(self) }
+
+    public var maxIOLength: UInt64 { chunkSize }
+    /// One flush for the origin, one for the COW device.
+    public var flushBios: Int { 2 }
+    public var discardBios: Int { 0 }
+    public var writeZeroesBios: Int { 0 }
+    public var perBioDataSize: Int { 16 }
+
+    public func resume() {
+        origin.lock.withLock { isActive = true }
+        origin.register(self)
+    }
+
+    // MARK: the snapshot's own I/O
+
+    public func map(_ bio: Bio) -> MapResult {
+        if bio.op == .flush {
+            return .remapped(to: bio.duplicateIndex == 0 ? originDevice : cow)
+        }
+        let chunk = bio.sector >> chunkShift
+        var started: PendingException?
+        let result: MapResult = origin.lock.withLock {
+            untrack(bio)
+            if state == .invalid { return .kill(.ioError) }
+            if let new = completed[chunk] {
+                bio.sector = (new << chunkShift) | (bio.sector & (chunkSize - 1))
+                return .remapped(to: cow)
+            }
+            if bio.op == .read {
+                track(bio, chunk: chunk)
+                return .remapped(to: originDevice)
+            }
+            if state == .overflow { return .kill(.ioError) }
+            let exception: PendingException
+            if let existing = pending[chunk] {
+                exception = existing
+            } else {
+                guard let new = store.prepare() else {
+                    if storeType == "PO" {
+                        state = .overflow
+                    } else {
+                        invalidate()
+                    }
+                    return .kill(.ioError)
+                }
+                exception = PendingException(old: chunk, new: new, snapshot: self)
+                pending[chunk] = exception
+                started = exception
+            }
+            exception.snapshotBios.append(bio)
+            return .submitted
+        }
+        if let started { startCopy(started) }
+        return result
+    }
+
+    /// A snapshot read of the origin: counted until it ends, so that an exception for the
+    /// chunk is not completed (and the origin chunk overwritten) while the read is in flight.
+    private func track(_ bio: Bio, chunk: UInt64) {
+        trackedReads[chunk, default: 0] += 1
+        bio.perBioData!.storeBytes(of: chunk, as: UInt64.self)
+        bio.perBioData!.storeBytes(of: 1, toByteOffset: 8, as: UInt64.self)
+    }
+
+    private func untrack(_ bio: Bio) {
+        guard let data = bio.perBioData, data.load(fromByteOffset: 8, as: UInt64.self) == 1 else { return }
+        data.storeBytes(of: 0, toByteOffset: 8, as: UInt64.self)
+        let chunk = data.load(as: UInt64.self)
+        trackedReads[chunk, default: 1] -= 1
+        if trackedReads[chunk] == 0 { trackedReads[chunk] = nil }
+        origin.lock.broadcast()
+    }
+
+    public func endIO(_ bio: Bio) {
+        guard let data = bio.perBioData, data.load(fromByteOffset: 8, as: UInt64.self) == 1 else { return }
+        origin.lock.withLock { untrack(bio) }
+    }
+
+    // MARK: copies, triggered by the snapshot's writes or the origin's
+
+    /// With origin.lock held: what an origin write to `sector` needs from this snapshot.
+    func exceptionForOriginWrite(at sector: UInt64) -> OriginWriteNeed {
+        guard isActive, state != .invalid, sector < originDevice.sectors else { return .none }
+        let chunk = sector >> chunkShift
+        if completed[chunk] != nil { return .none }
+        if let existing = pending[chunk] { return .pending(existing) }
+        guard let new = store.prepare() else {
+            invalidate()
+            return .none
+        }
+        let exception = PendingException(old: chunk, new: new, snapshot: self)
+        pending[chunk] = exception
+        return .started(exception)
+    }
+
+    func startCopy(_ exception: PendingException) {
+        let start = exception.old << chunkShift
+        let sectors = min(chunkSize, originDevice.sectors - start)
+        copyEngine.copy(from: originDevice, sector: start, to: [.init(cow, sector: exception.new << chunkShift)],
+                        sectors: sectors) { [self] status in
+            if status.isOK {
+                store.commit(old: exception.old, new: exception.new) { [self] ok in committed(exception, ok: ok) }
+            } else {
+                store.abandon(exception.new)
+                committed(exception, ok: false)
+            }
+        }
+    }
+
+    /// The exception is durable (or failed): make it complete, then let its writes go.
+    private func committed(_ exception: PendingException, ok: Bool) {
+        let (snapshotBios, originBios): ([Bio], [Bio]) = origin.lock.withLock {
+            if ok {
+                while trackedReads[exception.old, default: 0] > 0 { origin.lock.wait() }
+                completed[exception.old] = exception.new
+            } else {
+                invalidate()
+            }
+            pending[exception.old] = nil
+            defer {
+                exception.snapshotBios = []
+                exception.originBios = []
+            }
+            return (exception.snapshotBios, exception.originBios)
+        }
+        for bio in snapshotBios {
+            if ok {
+                bio.sector = (exception.new << chunkShift) | (bio.sector & (chunkSize - 1))
+                bio.submit(to: cow)
+            } else {
+                bio.end(.ioError)
+            }
+        }
+        originBios.forEach(origin.retry)
+    }
+
+    /// With origin.lock held: the snapshot fails from now on; the store records it (on a
+    /// copy-engine thread, as this may run while mapping I/O).
+    private func invalidate() {
+        guard state != .invalid else { return }
+        state = .invalid
+        copyEngine.perform { [store] in store.invalidate() }
+    }
+
+    public func status(_ kind: StatusKind) -> String {
+        switch kind {
+        case .table:
+            return "\(originName) \(cowName) \(storeType) \(chunkSize)"
+        case .info:
+            switch origin.lock.withLock({ state }) {
+            case .invalid: return "Invalid"
+            case .overflow: return "Overflow"
+            case .valid:
+                let usage = store.usage
+                return "\(usage.allocated)/\(usage.total) \(usage.metadata)"
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+import ArgumentParser
+import UDMControl
+
+struct SnapshotCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snapshot",
+        abstract: "Take, list and remove snapshots of a disk (like lvcreate -s / lvs / lvremove).",
+        subcommands: [SnapshotCreateCommand.self, SnapshotListCommand.self, SnapshotRemoveCommand.self])
+}
+
+struct SnapshotCreateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Take a snapshot SNAP of ORIGIN, its changes kept in a COW file.",
+        discussion: """
+            ORIGIN's I/O is held (not failed) while its table moves to a hidden ORIGIN-real disk \
+            and ORIGIN becomes snapshot-origin over it; SNAP appears as MOUNT/SNAP. The COW file \
+            uses the Linux kernel's persistent snapshot format unless --transient.
+            """)
+    @Argument(help: "The disk to snapshot.") var origin: String
+    @Argument(help: "The new snapshot disk's name.") var snapshot: String
+    @Option(help: "The COW file (absolute path); created if missing.") var cow: String
+    @Option(help: "Size of a new COW file: bytes, or with K, M, G, T (default: room for a full copy of ORIGIN).")
+    var size: String?
+    @Option(help: "Chunk size in sectors, a power of two (0: the COW header's, else 32).") var chunkSize: UInt64 = 0
+    @Flag(help: "Keep exceptions in memory only (N): lost when the daemon stops.") var transient = false
+    @Flag(help: "Persistent with overflow (PO): when the COW is full, snapshot writes fail but it stays readable.")
+    var overflow = false
+    @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        if transient && overflow { throw ValidationError("--transient and --overflow exclude each other") }
+        if let size, parseSize(size) == nil { throw ValidationError("--size '\(size)': use bytes or a number with K, M, G or T") }
+    }
+
+    func run() throws {
+        let options = ControlRequest.SnapshotOptions(origin: origin, cow: absolute(cow), size: size.flatMap(parseSize),
+                                                     chunkSize: chunkSize, transient: transient, overflow: overflow)
+        try client.send(ControlRequest(verb: .snapshotCreate, name: snapshot, snapshot: options))
+    }
+}
+
+struct SnapshotListCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List snapshots: origin, chunk size, COW use and state.")
+    @OptionGroup var client: ClientOptions
+
+    func run() throws { try client.send(ControlRequest(verb: .snapshotList)) }
+}
+
+struct SnapshotRemoveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remove",
+        abstract: "Remove a snapshot; the origin goes back to its plain table after its last one. The COW file stays.")
+    @Argument(help: "The snapshot's name.") var snapshot: String
+    @Flag(help: "Remove even while the snapshot's file is open.") var force = false
+    @OptionGroup var client: ClientOptions
+
+    func run() throws { try client.send(ControlRequest(verb: .snapshotRemove, name: snapshot, force: force)) }
+}
+
+/// Bytes from "4096", "64M", "1G" (binary units).
+func parseSize(_ text: String) -> UInt64? {
+    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+    if let unit = text.last.flatMap({ units[Character($0.uppercased())] }) {
+        return UInt64(text.dropLast()).flatMap { $0.multipliedReportingOverflow(by: unit).overflow ? nil : $0 * unit }
+    }
+    return UInt64(text)
+}
