@@ -42,6 +42,7 @@ struct ControlCommands: Sendable {
                                               chunkSize: options.chunkSize, transient: options.transient, overflow: options.overflow))
         case .snapshotList: return registry.listSnapshots()
         case .snapshotRemove: try registry.removeSnapshot(try name(), force: request.force ?? false)
+        case .snapshotMerge: return try registry.mergeSnapshot(try name())
         case .shutdown:
             requestStop()
         }

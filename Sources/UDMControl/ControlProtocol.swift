@@ -6,6 +6,7 @@ public struct ControlRequest: Codable, Sendable {
     public enum Verb: String, Codable, Sendable {
         case create, load, suspend, resume, clear, remove, ls, table, status, info, message, shutdown, ping
         case snapshotCreate = "snapshot-create", snapshotList = "snapshot-list", snapshotRemove = "snapshot-remove"
+        case snapshotMerge = "snapshot-merge"
     }
 
     public var verb: Verb

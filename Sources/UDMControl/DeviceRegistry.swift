@@ -83,13 +83,13 @@ public final class DeviceRegistry: @unchecked Sendable {
         }
         switch result {
         case .success(let table): return (table, resolver.disks)
-        case .failure(let error): throw ControlError("\(source ?? "table") \(error)")
+        case .failure(let error): throw ControlError(source.map { "\($0): \(error)" } ?? "\(error)")
         }
     }
 
     // MARK: verbs
 
-    public func create(_ name: String, table text: String, source: String? = nil, suspended: Bool = false) throws {
+    public func create(_ name: String, table text: String, source: String? = nil) throws {
         try locked {
             try Self.validate(name: name)
             guard records[name] == nil else { throw ControlError("disk '\(name)' already exists") }
@@ -100,7 +100,6 @@ public final class DeviceRegistry: @unchecked Sendable {
             records[name] = Record(device: device, live: text, liveDisks: disks)
             order.append(name)
             fuse.add(name: name, device: device)
-            if suspended { device.suspend() }
             try save()
         }
     }
@@ -282,7 +281,9 @@ public final class DeviceRegistry: @unchecked Sendable {
                 }
                 do {
                     guard let table = definition.table else { throw ControlError("no live table saved") }
-                    try create(definition.name, table: table, source: "saved table", suspended: definition.suspended)
+                    // Restored active, as LVM activates at boot: a disk left suspended would hold
+                    // every I/O until someone remembers to resume it.
+                    try create(definition.name, table: table, source: "saved table")
                     if let inactive = definition.inactive {
                         try load(definition.name, table: inactive, source: "saved inactive table")
                     }
@@ -300,13 +301,19 @@ public final class DeviceRegistry: @unchecked Sendable {
             + lostSnapshots.map { "\($0): a transient (N) snapshot; its exceptions lived in the previous daemon's memory and are gone" }
     }
 
-    /// Flushes every active disk (shutdown), so what was acknowledged is durable.
-    func flushAll() {
+    /// At shutdown: flushes every active disk, so what was acknowledged is durable.
+    func flushActive() {
         let devices = locked { order.compactMap { records[$0]?.device } }
         let waiter = BioWaiter()
         for device in devices where !device.isSuspended {
             waiter.run(Bio(op: .flush), on: device)
         }
+    }
+
+    /// At shutdown, once the mount is gone: fails the I/O suspended disks hold (it was never
+    /// acknowledged), so that no worker or writer waits forever.
+    func failHeldIO() {
+        locked { order.compactMap { records[$0]?.device } }.forEach { $0.failHeldIO() }
     }
 }
 

@@ -11,6 +11,7 @@ struct StateStore {
         var table: String?
         /// A loaded table not yet resumed.
         var inactive: String?
+        /// Recorded for the operator; disks are restored active.
         var suspended: Bool
     }
 

@@ -69,8 +69,13 @@ public final class Bio: @unchecked Sendable {
         sectors = 0
         flags = []
         self.pool = pool
-        perBioData = perBioDataSize > 0
-            ? UnsafeMutableRawPointer.allocate(byteCount: perBioDataSize, alignment: 16) : nil
+        if perBioDataSize > 0 {
+            let data = UnsafeMutableRawPointer.allocate(byteCount: perBioDataSize, alignment: 16)
+            data.initializeMemory(as: UInt8.self, repeating: 0, count: perBioDataSize)
+            perBioData = data
+        } else {
+            perBioData = nil
+        }
     }
 
     deinit { perBioData?.deallocate() }

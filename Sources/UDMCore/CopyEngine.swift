@@ -1,5 +1,3 @@
-import Glibc
-
 /// Copies ranges between devices in the background (dm: kcopyd), for snapshot copy-outs and
 /// merges. A fixed set of worker threads, each with one bounce buffer, so copies never
 /// allocate per I/O and never run on a thread that maps I/O: a copy that an origin write
@@ -38,14 +36,7 @@ public final class CopyEngine: @unchecked Sendable {
 
     private func startWorkers() {
         for _ in 0..<workers {
-            let context = Unmanaged.passRetained(self).toOpaque()
-            var thread = pthread_t()
-            pthread_create(&thread, nil, { context in
-                let engine = Unmanaged<CopyEngine>.fromOpaque(context!).takeRetainedValue()
-                engine.work()
-                return nil
-            }, context)
-            pthread_detach(thread)
+            startThread { [self] in work() }
         }
     }
 

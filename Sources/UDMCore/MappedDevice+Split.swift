@@ -82,7 +82,11 @@ extension MappedDevice {
     private func sendDuplicates(_ count: Int, of bio: Bio, to target: Target, table: Table,
                                 sector: UInt64, sectors: UInt64, op: BioOp? = nil) {
         guard count > 0 else {
-            _ = bio.firstError.compareExchange(expected: 0, desired: BioStatus.notSupported.errno, ordering: .relaxed)
+            // A target that takes no flushes has nothing to make durable (dm skips it); one
+            // that takes no discards or write-zeroes does not support them.
+            if op != .flush {
+                _ = bio.firstError.compareExchange(expected: 0, desired: BioStatus.notSupported.errno, ordering: .relaxed)
+            }
             return
         }
         var clone: Bio? = table.bioSet.allocateMany(count, policy: manyPolicy)

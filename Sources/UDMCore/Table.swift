@@ -9,6 +9,9 @@ public final class Table: Sendable {
         public var end: UInt64 { begin + length }
     }
 
+    /// The largest disk: its size in bytes must fit a file offset (Int64).
+    public static let maxSectors = UInt64(Int64.max) >> 9
+
     public let entries: [Entry]
     public let sectors: UInt64
     /// The clones of this table's I/O; sized for its largest duplicate count and per-bio data.
@@ -34,8 +37,8 @@ public final class Table: Sendable {
                 throw TableError(line: line.lineNumber, field: "length", "must be greater than zero")
             }
             let (end, overflow) = line.start.addingReportingOverflow(line.length)
-            guard !overflow else {
-                throw TableError(line: line.lineNumber, field: "length", "\(line.length) runs past the largest sector")
+            guard !overflow, end <= Table.maxSectors else {
+                throw TableError(line: line.lineNumber, field: "length", "\(line.length) makes the disk larger than \(Table.maxSectors) sectors (2^63 bytes)")
             }
             guard let type = registry.type(named: line.type) else {
                 throw TableError(line: line.lineNumber, field: "target type", "unknown target type '\(line.type)'")

@@ -25,6 +25,17 @@ public protocol ExceptionStore: AnyObject, Sendable {
     var usage: (allocated: UInt64, total: UInt64, metadata: UInt64) { get }
 }
 
+/// A store that can be merged back into its origin (dm: prepare_merge / commit_merge).
+public protocol MergeableStore: ExceptionStore {
+    /// Up to `limit` of the last committed exceptions, newest first, that are consecutive in
+    /// both old and new chunk (so they merge with one copy); empty when none are left.
+    func lastExceptions(limit: Int) -> [(old: UInt64, new: UInt64)]
+    /// Forgets the last `count` exceptions on disk (durably: flush + FUA), stepping back to the
+    /// previous metadata area when the current one empties. Call only after the merged data is
+    /// durable on the origin.
+    func commitMerge(_ count: Int) throws(StoreError)
+}
+
 /// A COW device that cannot be used as a store, with the reason.
 public struct StoreError: Error, CustomStringConvertible, Sendable {
     public let description: String

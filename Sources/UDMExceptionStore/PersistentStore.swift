@@ -18,7 +18,7 @@ import UDMCore
 /// written (with a preflush, so the copied data is durable first, and FUA) when no prepared
 /// exception is still outstanding or the area is full; a full area is preceded by writing a
 /// zeroed next area, so the end marker is always on disk.
-public final class PersistentStore: ExceptionStore, @unchecked Sendable {
+public final class PersistentStore: MergeableStore, @unchecked Sendable {
     public static let magic: UInt32 = 0x7041_6E53
     public static let version: UInt32 = 1
     public static let defaultChunkSize: UInt64 = 32
@@ -235,11 +235,68 @@ public final class PersistentStore: ExceptionStore, @unchecked Sendable {
         return StoreIO.run(.write, cow, sector: 0, sectors: 1, buffer: header, flags: [.fua]).isOK
     }
 
+    /// Marks the store invalid on disk; commits still waiting for a metadata write fail.
     public func invalidate() {
-        lock.withLock {
+        lock.lock()
+        valid = false
+        _ = writeHeader(valid: false)
+        let failed = waiting
+        waiting = []
+        lock.unlock()
+        failed.forEach { $0(false) }
+    }
+
+    // MARK: merging
+
+    private func record(_ index: Int) -> (old: UInt64, new: UInt64) {
+        (UInt64(littleEndian: area!.loadUnaligned(fromByteOffset: index * 16, as: UInt64.self)),
+         UInt64(littleEndian: area!.loadUnaligned(fromByteOffset: index * 16 + 8, as: UInt64.self)))
+    }
+
+    /// With the lock held: when the current area is empty, makes the previous (full) area
+    /// current, so the last committed record is at `recordsInArea - 1`.
+    private func stepBackToLastRecord() -> Bool {
+        guard recordsInArea == 0 && currentArea > 0 else { return true }
+        currentArea -= 1
+        guard StoreIO.run(.read, cow, sector: areaChunk(currentArea) * chunkSize, sectors: chunkSize, buffer: area).isOK else {
             valid = false
-            _ = writeHeader(valid: false)
+            return false
         }
+        recordsInArea = recordsPerArea
+        return true
+    }
+
+    public func lastExceptions(limit: Int) -> [(old: UInt64, new: UInt64)] {
+        lock.withLock {
+            guard valid, stepBackToLastRecord(), recordsInArea > 0 else { return [] }
+            var result = [record(recordsInArea - 1)]
+            var index = recordsInArea - 2
+            while index >= 0, result.count < limit {
+                let next = record(index)
+                let last = result[result.count - 1]
+                guard next.old + 1 == last.old, next.new + 1 == last.new else { break }
+                result.append(next)
+                index -= 1
+            }
+            return result
+        }
+    }
+
+    public func commitMerge(_ count: Int) throws(StoreError) {
+        lock.lock()
+        defer { lock.unlock() }
+        precondition(count <= recordsInArea, "merging more exceptions than the area holds")
+        (area! + (recordsInArea - count) * 16).initializeMemory(as: UInt8.self, repeating: 0, count: count * 16)
+        recordsInArea -= count
+        guard writeArea(currentArea, flags: [.preflush, .fua]) else {
+            valid = false
+            throw StoreError("COW device \(cow.name): cannot write metadata area \(currentArea)")
+        }
+        guard stepBackToLastRecord() else {
+            throw StoreError("COW device \(cow.name): cannot read metadata area \(currentArea)")
+        }
+        // Chunks are handed out in order within an area, so what is left ends here.
+        nextFree = areaChunk(currentArea) + UInt64(recordsInArea) + 1
     }
 
     public var usage: (allocated: UInt64, total: UInt64, metadata: UInt64) {

@@ -74,13 +74,15 @@ public final class FuseFileSystem: @unchecked Sendable {
     }
 
     /// Stops serving and unmounts. Unmounting aborts the kernel connection, which wakes the
-    /// workers blocked reading /dev/fuse.
-    public func stop() {
+    /// workers blocked reading /dev/fuse; `release` then runs, to end I/O that workers still
+    /// wait for (held by a suspended disk), before the workers are joined.
+    public func stop(release: () -> Void = {}) {
         fuse_session_exit(session)
         umount2(mountPoint, Int32(MNT_DETACH))
+        release()
         if let loopThread { pthread_join(loopThread, nil) }
         loopThread = nil
-        fuse_session_unmount(session)
+        // Already detached above; destroy closes the device.
         fuse_session_destroy(session)
     }
 

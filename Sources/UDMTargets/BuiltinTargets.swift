@@ -9,6 +9,7 @@ public enum BuiltinTargets {
         StripedTarget.self,
         SnapshotOriginTarget.self,
         SnapshotTarget.self,
+        SnapshotMergeTarget.self,
     ]
 
     public static let registry = TargetRegistry(all)

@@ -14,5 +14,8 @@ public final class ErrorTarget: Target {
 
     public func map(_ bio: Bio) -> MapResult { .kill(.ioError) }
 
+    /// Nothing to make durable: flushes are not sent here (as in dm).
+    public var flushBios: Int { 0 }
+
     public func status(_ kind: StatusKind) -> String { "" }
 }

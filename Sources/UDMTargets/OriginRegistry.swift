@@ -59,11 +59,18 @@ final class Origin: @unchecked Sendable {
     /// chunk. Starts the copies that are missing; if any copy is outstanding, queues `bio` on
     /// one of them (it comes back here when that copy is committed) and returns false.
     func writeMayProceed(_ bio: Bio) -> Bool {
+        chunkCopied(at: bio.sector) { [self] in retry(bio) }
+    }
+
+    /// Whether every valid snapshot holds its own copy of the chunk at `sector` (starting the
+    /// copies that are missing). If not, `then` runs once one outstanding copy is committed;
+    /// it should ask again.
+    func chunkCopied(at sector: UInt64, then: @escaping @Sendable () -> Void) -> Bool {
         var started: [PendingException] = []
         var waitOn: PendingException?
         lock.withLock {
             for snapshot in snapshots {
-                switch snapshot.exceptionForOriginWrite(at: bio.sector) {
+                switch snapshot.exceptionForOriginWrite(at: sector) {
                 case .none: break
                 case .pending(let pending): waitOn = pending
                 case .started(let pending):
@@ -71,7 +78,7 @@ final class Origin: @unchecked Sendable {
                     started.append(pending)
                 }
             }
-            waitOn?.originBios.append(bio)
+            waitOn?.waiters.append(then)
         }
         started.forEach { $0.snapshot.startCopy($0) }
         return waitOn == nil
@@ -95,7 +102,8 @@ final class PendingException: @unchecked Sendable {
     let old: UInt64
     let new: UInt64
     unowned let snapshot: SnapshotTarget
-    var originBios: [Bio] = []
+    /// Origin-side work waiting for this copy (an origin write to retry, a merge step).
+    var waiters: [@Sendable () -> Void] = []
     var snapshotBios: [Bio] = []
 
     init(old: UInt64, new: UInt64, snapshot: SnapshotTarget) {

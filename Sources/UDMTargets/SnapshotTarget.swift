@@ -187,7 +187,7 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
 
     /// The exception is durable (or failed): make it complete, then let its writes go.
     private func committed(_ exception: PendingException, ok: Bool) {
-        let (snapshotBios, originBios): ([Bio], [Bio]) = origin.lock.withLock {
+        let (snapshotBios, waiters): ([Bio], [@Sendable () -> Void]) = origin.lock.withLock {
             if ok {
                 while trackedReads[exception.old, default: 0] > 0 { origin.lock.wait() }
                 completed[exception.old] = exception.new
@@ -197,9 +197,9 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
             pending[exception.old] = nil
             defer {
                 exception.snapshotBios = []
-                exception.originBios = []
+                exception.waiters = []
             }
-            return (exception.snapshotBios, exception.originBios)
+            return (exception.snapshotBios, exception.waiters)
         }
         for bio in snapshotBios {
             if ok {
@@ -209,7 +209,7 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
                 bio.end(.ioError)
             }
         }
-        originBios.forEach(origin.retry)
+        waiters.forEach { $0() }
     }
 
     /// With origin.lock held: the snapshot fails from now on; the store records it (on a

@@ -22,5 +22,8 @@ public final class ZeroTarget: Target {
         return .submitted
     }
 
+    /// Nothing to make durable: flushes are not sent here (as in dm).
+    public var flushBios: Int { 0 }
+
     public func status(_ kind: StatusKind) -> String { "" }
 }

@@ -13,6 +13,12 @@ struct ClientOptions: ParsableArguments {
 
     /// Sends the request; prints the answer, or one line on stderr and exits non-zero.
     func send(_ request: ControlRequest) throws {
+        let output = ask(request)
+        if !output.isEmpty { print(output) }
+    }
+
+    /// Sends the request and returns the answer; on refusal prints one line and exits non-zero.
+    func ask(_ request: ControlRequest) -> String {
         let response: ControlResponse
         do {
             response = try ControlClient.send(request, socket: socketPath)
@@ -20,7 +26,7 @@ struct ClientOptions: ParsableArguments {
             fail("\(error)")
         }
         guard response.ok else { fail(response.error ?? "the daemon refused the request") }
-        if !response.output.isEmpty { print(response.output) }
+        return response.output
     }
 }
 
@@ -39,9 +45,9 @@ struct TableOptions: ParsableArguments {
     var tableFile: String?
 
     /// The table text and the name to cite in errors.
-    func read() -> (text: String, source: String) {
+    func read() -> (text: String, source: String?) {
         if table != nil && tableFile != nil { fail("give --table or --table-file, not both") }
-        if let table { return (table, "table") }
+        if let table { return (table, nil) }
         if let tableFile {
             guard let data = FileManager.default.contents(atPath: tableFile) else {
                 fail("cannot read table file \(tableFile)")

@@ -5,7 +5,7 @@ struct SnapshotCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "snapshot",
         abstract: "Take, list and remove snapshots of a disk (like lvcreate -s / lvs / lvremove).",
-        subcommands: [SnapshotCreateCommand.self, SnapshotListCommand.self, SnapshotRemoveCommand.self])
+        subcommands: [SnapshotCreateCommand.self, SnapshotListCommand.self, SnapshotRemoveCommand.self, SnapshotMergeCommand.self])
 }
 
 struct SnapshotCreateCommand: ParsableCommand {
@@ -66,4 +66,29 @@ func parseSize(_ text: String) -> UInt64? {
         return UInt64(text.dropLast()).flatMap { $0.multipliedReportingOverflow(by: unit).overflow ? nil : $0 * unit }
     }
     return UInt64(text)
+}
+
+struct SnapshotMergeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "merge",
+        abstract: "Roll the origin back to a snapshot (like lvconvert --merge), online.",
+        discussion: """
+            SNAP goes away as a disk; its origin shows the snapshot's content at once while the \
+            COW's chunks are copied back in the background. Shows progress until the merge is \
+            done and the origin is back on its own table (or on snapshot-origin while other \
+            snapshots remain). The COW file is left in place. An interrupted merge (daemon \
+            stopped or killed) goes on when the daemon starts again.
+            """)
+    @Argument(help: "The snapshot to merge.") var snapshot: String
+    @Flag(help: "Return at once; `udm snapshot list` shows the progress.") var noWait = false
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        let origin = client.ask(ControlRequest(verb: .snapshotMerge, name: snapshot))
+        guard !noWait else {
+            print("merging \(snapshot) into \(origin) in the background")
+            return
+        }
+        MergeProgress(origin: origin, client: client).follow()
+    }
 }

@@ -1,0 +1,118 @@
+import Glibc
+import UDMCore
+import UDMTargets
+import UDMTestSupport
+import XCTest
+
+/// Snapshot, origin and merge targets over in-memory devices.
+final class SnapshotTests: XCTestCase {
+    struct Resolver: DeviceResolver {
+        let devices: [String: BlockDevice]
+        func open(_ name: String) throws -> BlockDevice {
+            guard let device = devices[name] else { throw TargetError("no such device") }
+            return device
+        }
+    }
+
+    let real = MemoryDevice(name: "real", sectors: 1024, recording: false)
+    let cow = MemoryDevice(name: "cow", sectors: 2048, recording: false)
+    let services = TargetServices()
+
+    private func device(_ text: String) throws -> MappedDevice {
+        let device = MappedDevice(name: "d")
+        device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
+                              resolver: Resolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
+        try device.resume()
+        return device
+    }
+
+    private func write(_ device: BlockDevice, sector: UInt64, sectors: UInt64, value: UInt8) -> BioStatus {
+        let data = UnsafeMutableRawPointer.allocate(byteCount: Int(sectors) << 9, alignment: 4096)
+        defer { data.deallocate() }
+        data.initializeMemory(as: UInt8.self, repeating: value, count: Int(sectors) << 9)
+        return BioWaiter().run(Bio(op: .write, sector: sector, sectors: sectors, buffer: data), on: device)
+    }
+
+    private func read(_ device: BlockDevice, sector: UInt64) -> UInt8? {
+        let data = UnsafeMutableRawPointer.allocate(byteCount: 512, alignment: 4096)
+        defer { data.deallocate() }
+        guard BioWaiter().run(Bio(op: .read, sector: sector, sectors: 1, buffer: data), on: device).isOK else { return nil }
+        return data.load(as: UInt8.self)
+    }
+
+    func testOriginWritesCopyOutAndTheSnapshotKeepsItsPointInTime() throws {
+        real.fill(1, at: 0, count: 1024 * 512)
+        let origin = try device("0 1024 snapshot-origin real")
+        let snapshot = try device("0 1024 snapshot real cow P 8")
+        XCTAssertEqual(write(origin, sector: 4, sectors: 20, value: 2), .ok)
+        XCTAssertEqual(read(origin, sector: 10), 2)
+        XCTAssertEqual(read(snapshot, sector: 10), 1)
+        XCTAssertEqual(read(snapshot, sector: 30), 1)
+        XCTAssertEqual(snapshot.live?.lines(.info), ["0 1024 snapshot \((2 + 3) * 8)/2048 16"], "3 chunks copied")
+        XCTAssertEqual(write(snapshot, sector: 100, sectors: 1, value: 3), .ok)
+        XCTAssertEqual(read(snapshot, sector: 100), 3)
+        XCTAssertEqual(read(snapshot, sector: 101), 1, "the rest of the chunk was copied first")
+        XCTAssertEqual(read(origin, sector: 100), 1)
+    }
+
+    func testMergeBringsTheSnapshotsContentBackToTheOrigin() throws {
+        real.fill(1, at: 0, count: 1024 * 512)
+        let origin = try device("0 1024 snapshot-origin real")
+        var snapshot: MappedDevice? = try device("0 1024 snapshot real cow P 8")
+        XCTAssertEqual(write(origin, sector: 0, sectors: 64, value: 2), .ok)
+        XCTAssertEqual(write(snapshot!, sector: 500, sectors: 8, value: 3), .ok)
+        snapshot = nil
+        origin.suspend()
+        let merge = try device("0 1024 snapshot-merge real cow P 8")
+        XCTAssertEqual(read(merge, sector: 10), 1, "the merging origin shows the snapshot at once")
+        XCTAssertEqual(read(merge, sector: 500), 3)
+        for _ in 0..<200 {
+            if merge.live?.lines(.info) == ["0 1024 snapshot-merge 16/2048 16"] { break }
+            usleep(10_000)
+        }
+        XCTAssertEqual(merge.live?.lines(.info), ["0 1024 snapshot-merge 16/2048 16"], "every exception merged")
+        XCTAssertEqual([0, 63, 64, 500, 507].map { real.byte(at: $0 * 512) }, [1, 1, 1, 3, 3])
+    }
+}
+
+final class SnapshotMergeAcrossAreasTests: XCTestCase {
+    func testMergeOfMoreExceptionsThanOneMetadataAreaHolds() throws {
+        try merge(chunks: 300)
+    }
+
+    /// Area 0 exactly full: the last record is in the previous area, not the current one.
+    func testMergeWhenTheLastAreaIsExactlyFull() throws {
+        try merge(chunks: 256)
+    }
+
+    private func merge(chunks: UInt64) throws {
+        let real = MemoryDevice(name: "real", sectors: 8192, recording: false)
+        let cow = MemoryDevice(name: "cow", sectors: 16384, recording: false)
+        let services = TargetServices()
+        func device(_ text: String) throws -> MappedDevice {
+            let device = MappedDevice(name: "d")
+            device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
+                                  resolver: SnapshotTests.Resolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
+            try device.resume()
+            return device
+        }
+        real.fill(1, at: 0, count: 8192 * 512)
+        let origin = try device("0 8192 snapshot-origin real")
+        var snapshot: MappedDevice? = try device("0 8192 snapshot real cow P 8")
+        let data = UnsafeMutableRawPointer.allocate(byteCount: 8192 * 512, alignment: 4096)
+        defer { data.deallocate() }
+        data.initializeMemory(as: UInt8.self, repeating: 2, count: 8192 * 512)
+        // Chunks of 8 sectors; area 0 holds 256 records, area 1 takes the rest.
+        XCTAssertEqual(BioWaiter().run(Bio(op: .write, sector: 0, sectors: chunks * 8, buffer: data), on: origin), .ok)
+        XCTAssertEqual(snapshot?.live?.lines(.info), ["0 8192 snapshot \((2 + chunks + 1) * 8)/16384 24"])
+        snapshot = nil
+        origin.suspend()
+        let merge = try device("0 8192 snapshot-merge real cow P 8")
+        for _ in 0..<500 {
+            if merge.live?.lines(.info) == ["0 8192 snapshot-merge 16/16384 16"] { break }
+            usleep(10_000)
+        }
+        XCTAssertEqual(merge.live?.lines(.info), ["0 8192 snapshot-merge 16/16384 16"])
+        XCTAssertEqual([0, Int(chunks) * 8 - 1, Int(chunks) * 8].map { real.byte(at: $0 * 512) }, [1, 1, 1])
+    }
+}
