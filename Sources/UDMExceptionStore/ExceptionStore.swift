@@ -27,8 +27,8 @@ public protocol ExceptionStore: AnyObject, Sendable {
 
 /// A store that can be merged back into its origin (dm: prepare_merge / commit_merge).
 public protocol MergeableStore: ExceptionStore {
-    /// Up to `limit` of the last committed exceptions, newest first, that are consecutive in
-    /// both old and new chunk (so they merge with one copy); empty when none are left.
+    /// Up to `limit` of the last committed exceptions (all in one metadata area), newest
+    /// first; empty when none are left.
     func lastExceptions(limit: Int) -> [(old: UInt64, new: UInt64)]
     /// Forgets the last `count` exceptions on disk (durably: flush + FUA), stepping back to the
     /// previous metadata area when the current one empties. Call only after the merged data is

@@ -269,16 +269,7 @@ public final class PersistentStore: MergeableStore, @unchecked Sendable {
     public func lastExceptions(limit: Int) -> [(old: UInt64, new: UInt64)] {
         lock.withLock {
             guard valid, stepBackToLastRecord(), recordsInArea > 0 else { return [] }
-            var result = [record(recordsInArea - 1)]
-            var index = recordsInArea - 2
-            while index >= 0, result.count < limit {
-                let next = record(index)
-                let last = result[result.count - 1]
-                guard next.old + 1 == last.old, next.new + 1 == last.new else { break }
-                result.append(next)
-                index -= 1
-            }
-            return result
+            return (max(0, recordsInArea - limit)..<recordsInArea).reversed().map(record)
         }
     }
 
@@ -295,8 +286,8 @@ public final class PersistentStore: MergeableStore, @unchecked Sendable {
         guard stepBackToLastRecord() else {
             throw StoreError("COW device \(cow.name): cannot read metadata area \(currentArea)")
         }
-        // Chunks are handed out in order within an area, so what is left ends here.
-        nextFree = areaChunk(currentArea) + UInt64(recordsInArea) + 1
+        // What is left ends at the highest chunk still recorded (an area's chunks follow it).
+        nextFree = (0..<recordsInArea).map { record($0).new + 1 }.max() ?? areaChunk(currentArea) + 1
     }
 
     public var usage: (allocated: UInt64, total: UInt64, metadata: UInt64) {

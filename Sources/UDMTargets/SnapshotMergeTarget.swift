@@ -5,12 +5,13 @@ import UDMExceptionStore
 /// merged back into it (dm-snap.c, snapshot-merge). The device shows the snapshot's content at
 /// once; a background thread copies the exceptions back to the origin and removes them.
 ///
-/// Merge step, from the last exception backwards: take up to `batchChunks` exceptions that are
-/// consecutive in both origin and COW; let every other snapshot of the origin copy that range
-/// first (they keep their own point in time); mark the range as merging and wait for I/O to it
-/// already in flight; copy COW → origin in one go; flush the origin; clear the records on disk
-/// (flush + FUA); forget them; let the I/O held for the range through. A crash between the copy
-/// and the clearing re-copies the same data on restart: the merge resumes from the COW file.
+/// Merge step, from the last exception backwards: take up to `batchChunks` of the last
+/// exceptions; let every other snapshot of the origin copy those chunks first (they keep their
+/// own point in time); mark them as merging and wait for I/O to them already in flight; copy
+/// them COW → origin (runs consecutive in both as one copy); flush the origin; clear their
+/// records on disk (flush + FUA); forget them; let the I/O held for them through. A crash
+/// between the copy and the clearing re-copies the same data on restart: the merge resumes
+/// from the COW file.
 /// I/O meanwhile: a chunk that still has an exception is read and written on the COW, one
 /// being merged waits, any other goes to the origin with origin semantics.
 /// Table: `<origin> <COW> P <chunk>`. Status: `<sectors allocated>/<total sectors> <metadata
@@ -18,8 +19,8 @@ import UDMExceptionStore
 public final class SnapshotMergeTarget: Target, @unchecked Sendable {
     public static let name = "snapshot-merge"
     public static let version = (1, 5, 0)
-    /// Largest merge step, in chunks (a step is copied in pieces of `CopyEngine.pieceBytes`).
-    static let batchChunks = 64
+    /// Largest merge step, in chunks: one origin flush and one metadata write per step.
+    static let batchChunks = 256
 
     private let originDevice: BlockDevice
     private let cow: BlockDevice
@@ -33,7 +34,7 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
     private let lock = ConditionLock()
     // Guarded by lock.
     private var exceptions: [UInt64: UInt64] = [:]
-    private var merging: ClosedRange<UInt64>?
+    private var merging: Set<UInt64> = []
     private var inFlight: [UInt64: Int] = [:]
     private var held: [Bio] = []
     private var failed = false
@@ -87,7 +88,7 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
         enum Route { case cow, held, origin }
         let route: Route = lock.withLock {
             bio.perBioData!.storeBytes(of: 0, toByteOffset: 8, as: UInt64.self)
-            if merging?.contains(chunk) == true {
+            if merging.contains(chunk) {
                 held.append(bio)
                 return .held
             }
@@ -146,9 +147,9 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
         defer { buffer.deallocate() }
         while lock.withLock({ !stopRequested }) {
             let batch = store.lastExceptions(limit: Self.batchChunks)
-            guard let newest = batch.first, let oldest = batch.last else { break }
+            guard !batch.isEmpty else { break }
             do {
-                try merge(old: oldest.old...newest.old, new: oldest.new, buffer: buffer, waiter: waiter)
+                try merge(batch, buffer: buffer, waiter: waiter)
             } catch {
                 lock.withLock { failed = true }
                 release()
@@ -163,31 +164,50 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
 
     private struct MergeError: Error {}
 
-    private func merge(old range: ClosedRange<UInt64>, new: UInt64, buffer: UnsafeMutableRawPointer, waiter: BioWaiter) throws {
-        let start = range.lowerBound << chunkShift
-        let sectors = min(UInt64(range.count) << chunkShift, originDevice.sectors - start)
-        waitForOtherSnapshots(from: start, sectors: sectors)
-        lock.withLock {
-            merging = range
-            while range.contains(where: { inFlight[$0] != nil }) { lock.wait() }
+    private func merge(_ batch: [(old: UInt64, new: UInt64)], buffer: UnsafeMutableRawPointer, waiter: BioWaiter) throws {
+        let chunks = batch.sorted { $0.old < $1.old }
+        for chunk in chunks {
+            waitForOtherSnapshots(from: chunk.old << chunkShift, sectors: chunkSize)
         }
+        let olds = Set(chunks.map(\.old))
+        lock.withLock {
+            merging = olds
+            while olds.contains(where: { inFlight[$0] != nil }) { lock.wait() }
+        }
+        // Runs consecutive in both origin and COW go as one copy.
+        var index = 0
+        while index < chunks.count {
+            var end = index + 1
+            while end < chunks.count, chunks[end].old == chunks[end - 1].old + 1, chunks[end].new == chunks[end - 1].new + 1 {
+                end += 1
+            }
+            let start = chunks[index].old << chunkShift
+            let sectors = min(UInt64(end - index) << chunkShift, originDevice.sectors - start)
+            try copy(from: chunks[index].new << chunkShift, to: start, sectors: sectors, buffer: buffer, waiter: waiter)
+            index = end
+        }
+        guard waiter.run(Bio(op: .flush), on: originDevice).isOK else { throw MergeError() }
+        do {
+            try store.commitMerge(chunks.count)
+        } catch {
+            throw MergeError()
+        }
+        lock.withLock { olds.forEach { exceptions[$0] = nil } }
+        release()
+    }
+
+    /// COW → origin in pieces of the bounce buffer.
+    private func copy(from cowSector: UInt64, to originSector: UInt64, sectors: UInt64,
+                      buffer: UnsafeMutableRawPointer, waiter: BioWaiter) throws {
         let piece = UInt64(CopyEngine.pieceBytes >> 9)
         var done: UInt64 = 0
         while done < sectors {
             let count = min(piece, sectors - done)
-            guard waiter.run(Bio(op: .read, sector: (new << chunkShift) + done, sectors: count, buffer: buffer), on: cow).isOK,
-                  waiter.run(Bio(op: .write, sector: start + done, sectors: count, buffer: buffer), on: originDevice).isOK
+            guard waiter.run(Bio(op: .read, sector: cowSector + done, sectors: count, buffer: buffer), on: cow).isOK,
+                  waiter.run(Bio(op: .write, sector: originSector + done, sectors: count, buffer: buffer), on: originDevice).isOK
             else { throw MergeError() }
             done += count
         }
-        guard waiter.run(Bio(op: .flush), on: originDevice).isOK else { throw MergeError() }
-        do {
-            try store.commitMerge(range.count)
-        } catch {
-            throw MergeError()
-        }
-        lock.withLock { range.forEach { exceptions[$0] = nil } }
-        release()
     }
 
     /// Every other snapshot of the origin copies [start, start+sectors) before the merge
@@ -206,10 +226,10 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
         }
     }
 
-    /// Ends the merging range and sends the I/O held for it through the mapping again.
+    /// Ends the merging step and sends the I/O held for it through the mapping again.
     private func release() {
         let bios: [Bio] = lock.withLock {
-            merging = nil
+            merging = []
             defer { held = [] }
             return held
         }

@@ -17,7 +17,7 @@ WANT=$(read_at "$(disk_file snap)" 0 $((SECTORS * 512)) direct | sha256sum)
 [[ $WANT == $(sha256sum <"$O_IMG") ]] || fail "the fresh snapshot is not the origin"
 
 for ((round = 1; round <= ROUNDS; round++)); do
-    fio --name=crash --filename="$(disk_file origin)" --ioengine=libaio --direct=1 --rw=randwrite \
+    fio --thread --name=crash --filename="$(disk_file origin)" --ioengine=libaio --direct=1 --rw=randwrite \
         --bsrange=4k-64k --iodepth=8 --offset=$(((round % 30) * 4))M --size=4M --time_based --runtime=30 --randseed=$round \
         --output="$WORK/fio.$round" >/dev/null 2>&1 &
     FIO=$!

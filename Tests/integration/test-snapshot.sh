@@ -55,14 +55,15 @@ log "the COW file is the kernel's format: header, then area 0's first records"
 COW=$IMG/snap1.cow
 [[ $(od -A n -t x1 -N 16 "$COW" | tr -s ' ') == " 53 6e 41 70 01 00 00 00 01 00 00 00 10 00 00 00" ]] ||
     fail "COW header bytes: $(od -A n -t x1 -N 16 "$COW")"
-# area 0 is chunk 1 (16 sectors = 8 KiB); the first record's new chunk is 2, the next 3
-first_new=$(od -A n -t u8 -j $((8192 + 8)) -N 8 "$COW" | tr -d ' ')
-second_new=$(od -A n -t u8 -j $((8192 + 24)) -N 8 "$COW" | tr -d ' ')
-[[ $first_new == 2 && $second_new == 3 ]] || fail "first records point at chunks $first_new, $second_new"
-old=$(od -A n -t u8 -j 8192 -N 8 "$COW" | tr -d ' ')
-# the copied chunk holds what the origin had at that chunk when the snapshot was taken
-read_at "$(disk_file snap1)" $((old * 8192)) 8192 direct >"$WORK/chunk.snap"
-expect_same "$COW" $((2 * 8192)) "$WORK/chunk.snap" 0 8192 "COW chunk 2 is the snapshot's chunk $old"
+# area 0 is chunk 1 (16 sectors = 8 KiB) with 16-byte records {old chunk, new chunk}, in commit
+# order; each record's COW chunk holds the snapshot's data for its origin chunk.
+for record in 0 1; do
+    old=$(od -A n -t u8 -j $((8192 + record * 16)) -N 8 "$COW" | tr -d ' ')
+    new=$(od -A n -t u8 -j $((8192 + record * 16 + 8)) -N 8 "$COW" | tr -d ' ')
+    ((new >= 2 && new <= 513)) || fail "record $record points at COW chunk $new, not a data chunk of area 0"
+    read_at "$(disk_file snap1)" $((old * 8192)) 8192 direct >"$WORK/chunk.snap"
+    expect_same "$COW" $((new * 8192)) "$WORK/chunk.snap" 0 8192 "COW chunk $new is the snapshot's chunk $old"
+done
 
 log "a second snapshot sees the later point in time; both keep their own"
 mount "$LOOP" "$FS" || fail "remount origin failed"
