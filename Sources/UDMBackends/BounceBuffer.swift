@@ -1,4 +1,5 @@
 import Glibc
+import UDMCore
 
 /// A per-thread, 4 KiB-aligned buffer for direct I/O from unaligned memory, and a source of
 /// zeros. One per thread that does I/O, made on first use and kept for the thread's life.
@@ -38,20 +39,7 @@ final class BounceBuffer {
         return 0
     }
 
-    private static let key: pthread_key_t = {
-        var key = pthread_key_t()
-        pthread_key_create(&key) { pointer in
-            if let pointer { Unmanaged<BounceBuffer>.fromOpaque(pointer).release() }
-        }
-        return key
-    }()
+    private static let local = ThreadLocal { BounceBuffer() }
 
-    static var current: BounceBuffer {
-        if let pointer = pthread_getspecific(key) {
-            return Unmanaged<BounceBuffer>.fromOpaque(pointer).takeUnretainedValue()
-        }
-        let buffer = BounceBuffer()
-        pthread_setspecific(key, Unmanaged.passRetained(buffer).toOpaque())
-        return buffer
-    }
+    static var current: BounceBuffer { local.value }
 }

@@ -38,8 +38,7 @@ struct ControlCommands: Sendable {
         case .message: return try registry.message(try name(), words: request.words ?? [])
         case .snapshotCreate:
             guard let options = request.snapshot else { throw ControlError("snapshot create needs its options") }
-            try registry.createSnapshot(.init(origin: options.origin, snapshot: try name(), cow: options.cow, size: options.size,
-                                              chunkSize: options.chunkSize, transient: options.transient, overflow: options.overflow))
+            try registry.createSnapshot(try name(), options)
         case .snapshotList: return registry.listSnapshots()
         case .snapshotRemove: try registry.removeSnapshot(try name(), force: request.force ?? false)
         case .snapshotMerge: return try registry.mergeSnapshot(try name())

@@ -6,28 +6,6 @@ import UDMCore
 /// `ORIGIN-real` disk, the origin becomes `snapshot-origin` over it, and each snapshot is a
 /// `snapshot` disk over the same real disk and its own COW file.
 extension DeviceRegistry {
-    public struct SnapshotRequest: Sendable {
-        public var origin: String
-        public var snapshot: String
-        public var cow: String
-        /// Bytes; nil sizes a new COW file to hold a full copy of the origin.
-        public var size: UInt64?
-        public var chunkSize: UInt64
-        public var transient: Bool
-        public var overflow: Bool
-
-        public init(origin: String, snapshot: String, cow: String, size: UInt64?, chunkSize: UInt64,
-                    transient: Bool, overflow: Bool) {
-            self.origin = origin
-            self.snapshot = snapshot
-            self.cow = cow
-            self.size = size
-            self.chunkSize = chunkSize
-            self.transient = transient
-            self.overflow = overflow
-        }
-    }
-
     /// The single line of a disk's live table, if it is of `type`.
     func singleLine(of name: String, type: String) -> TableLine? {
         guard let text = records[name]?.live, let lines = try? TableLine.parse(text),
@@ -48,12 +26,12 @@ extension DeviceRegistry {
     /// Suspends ORIGIN (holding its I/O), moves its table to ORIGIN-real if this is its first
     /// snapshot, creates the snapshot disk, and resumes ORIGIN as snapshot-origin. On failure
     /// everything is put back as it was.
-    public func createSnapshot(_ request: SnapshotRequest) throws {
+    public func createSnapshot(_ snapshot: String, _ request: ControlRequest.SnapshotOptions) throws {
         try locked {
             let origin = request.origin
-            try Self.validate(name: request.snapshot)
+            try Self.validate(name: snapshot)
             let originRecord = try record(origin)
-            guard records[request.snapshot] == nil else { throw ControlError("disk '\(request.snapshot)' already exists") }
+            guard records[snapshot] == nil else { throw ControlError("disk '\(snapshot)' already exists") }
             guard singleLine(of: origin, type: "snapshot") == nil else {
                 throw ControlError("'\(origin)' is a snapshot; snapshots of snapshots are not supported")
             }
@@ -80,7 +58,7 @@ extension DeviceRegistry {
                     loadedOrigin = true
                 }
                 let store = request.transient ? "N" : request.overflow ? "PO" : "P"
-                try create(request.snapshot, table: "0 \(sectors) snapshot \(path(of: real)) \(request.cow) \(store) \(request.chunkSize)",
+                try create(snapshot, table: "0 \(sectors) snapshot \(path(of: real)) \(request.cow) \(store) \(request.chunkSize)",
                            source: "snapshot table")
                 try resume(origin)
             } catch {
@@ -94,7 +72,7 @@ extension DeviceRegistry {
     }
 
     /// Creates the COW file if it does not exist (sparse, so a fresh store); returns whether it did.
-    private func makeCowFile(_ request: SnapshotRequest, originSectors: UInt64) throws -> Bool {
+    private func makeCowFile(_ request: ControlRequest.SnapshotOptions, originSectors: UInt64) throws -> Bool {
         if FileManager.default.fileExists(atPath: request.cow) {
             if request.size != nil {
                 throw ControlError("COW file \(request.cow) already exists; leave out --size to use it as it is")

@@ -1,5 +1,3 @@
-import Glibc
-
 /// The per-thread submission list (dm: `current->bio_list` in submit_bio_noacct).
 ///
 /// The first `submit` on a thread becomes the submission loop; a bio submitted while another
@@ -48,21 +46,8 @@ public final class BioList {
         }
     }
 
-    private static let key: pthread_key_t = {
-        var key = pthread_key_t()
-        pthread_key_create(&key) { pointer in
-            if let pointer { Unmanaged<BioList>.fromOpaque(pointer).release() }
-        }
-        return key
-    }()
+    private static let local = ThreadLocal { BioList() }
 
     /// This thread's list, made on first use.
-    static var current: BioList {
-        if let pointer = pthread_getspecific(key) {
-            return Unmanaged<BioList>.fromOpaque(pointer).takeUnretainedValue()
-        }
-        let list = BioList()
-        pthread_setspecific(key, Unmanaged.passRetained(list).toOpaque())
-        return list
-    }
+    static var current: BioList { local.value }
 }

@@ -30,20 +30,7 @@ final class WorkerContext {
         return waiter.run(bio, on: device)
     }
 
-    private static let key: pthread_key_t = {
-        var key = pthread_key_t()
-        pthread_key_create(&key) { pointer in
-            if let pointer { Unmanaged<WorkerContext>.fromOpaque(pointer).release() }
-        }
-        return key
-    }()
+    private static let local = ThreadLocal { WorkerContext() }
 
-    static var current: WorkerContext {
-        if let pointer = pthread_getspecific(key) {
-            return Unmanaged<WorkerContext>.fromOpaque(pointer).takeUnretainedValue()
-        }
-        let context = WorkerContext()
-        pthread_setspecific(key, Unmanaged.passRetained(context).toOpaque())
-        return context
-    }
+    static var current: WorkerContext { local.value }
 }

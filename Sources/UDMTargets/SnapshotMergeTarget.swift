@@ -42,20 +42,12 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
     private var stopRequested = false
 
     public init(arguments: [String], context: TargetContext) throws {
-        guard arguments.count == 4 else {
-            throw TargetError("snapshot-merge takes <origin> <COW> P <chunk size>; got \(arguments.count) arguments")
-        }
-        guard arguments[2].uppercased() == "P" else {
-            throw TargetError("snapshot-merge needs a persistent store (P), not '\(arguments[2])'", argument: 3)
-        }
-        guard let chunk = UInt64(arguments[3]), chunk & (chunk &- 1) == 0, chunk <= PersistentStore.maxChunkSize else {
-            throw TargetError("invalid chunk size '\(arguments[3])'", argument: 4)
-        }
-        guard context.begin == 0 else { throw TargetError("snapshot-merge must map its device from sector 0") }
-        originName = arguments[0]
-        cowName = arguments[1]
-        originDevice = try context.openDevice(originName, argument: 1, sectors: context.length)
-        cow = try context.openDevice(cowName, argument: 2)
+        let parsed = try SnapshotArguments(arguments, context: context, target: Self.name, stores: ["P"])
+        originName = parsed.originName
+        cowName = parsed.cowName
+        originDevice = parsed.origin
+        cow = parsed.cow
+        let chunk = parsed.chunkSize
         store = PersistentStore(cow: cow, chunkSize: chunk)
         var found: [UInt64: UInt64] = [:]
         do {

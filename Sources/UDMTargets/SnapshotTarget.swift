@@ -45,23 +45,14 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
     private(set) var isActive = false
 
     public init(arguments: [String], context: TargetContext) throws {
-        guard arguments.count == 4 else {
-            throw TargetError("snapshot takes <origin> <COW> <P|PO|N> <chunk size>; got \(arguments.count) arguments")
-        }
-        let type = arguments[2].uppercased()
-        guard ["P", "PO", "N"].contains(type) else {
-            throw TargetError("invalid store type '\(arguments[2])': use P, PO or N", argument: 3)
-        }
-        guard let chunk = UInt64(arguments[3]), chunk & (chunk &- 1) == 0, chunk <= PersistentStore.maxChunkSize else {
-            throw TargetError("invalid chunk size '\(arguments[3])': a power of two up to \(PersistentStore.maxChunkSize) sectors, or 0", argument: 4)
-        }
-        guard context.begin == 0 else { throw TargetError("snapshot must map its device from sector 0") }
-        originName = arguments[0]
-        cowName = arguments[1]
-        storeType = type
-        originDevice = try context.openDevice(originName, argument: 1, sectors: context.length)
-        cow = try context.openDevice(cowName, argument: 2)
-        store = type == "N" ? TransientStore(cow: cow, chunkSize: chunk) : PersistentStore(cow: cow, chunkSize: chunk)
+        let parsed = try SnapshotArguments(arguments, context: context, target: Self.name, stores: ["P", "PO", "N"])
+        originName = parsed.originName
+        cowName = parsed.cowName
+        storeType = parsed.storeType
+        originDevice = parsed.origin
+        cow = parsed.cow
+        let chunk = parsed.chunkSize
+        store = storeType == "N" ? TransientStore(cow: cow, chunkSize: chunk) : PersistentStore(cow: cow, chunkSize: chunk)
         var found: [UInt64: UInt64] = [:]
         do {
             if try !store.read({ found[$0] = $1 }) { state = .invalid }
