@@ -4,6 +4,7 @@ prints the tables and the issue 6 targets, and writes the results JSON.
 
   bench-report.py brief FIO_JSON JOB      one line for the progress log
   bench-report.py report --runs F --rss F --out F ...   the tables and the JSON
+  bench-report.py markdown RESULTS_JSON   a README table from a results file
 """
 import argparse
 import datetime
@@ -314,7 +315,47 @@ def print_tables(res, subjects, jobs):
     print(f"total {res['total_seconds']} s")
 
 
+def markdown(path):
+    """A README-ready table from a results file."""
+    res = json.load(open(path))
+    summ = res["summary"]
+    subjects = [s for s in SUBJECTS if s in summ]
+    jobs = [j for j in JOBS if any(j in summ[s] for s in subjects)]
+    tjobs = [j for j in jobs if j != "lat4k"]
+    head = ["subject"] + [f"{j} (x raw)" for j in tjobs]
+    if "lat4k" in jobs:
+        head.append("lat4k p50 / p99 µs")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for s in subjects:
+        row = [s]
+        for j in tjobs:
+            c = summ[s].get(j)
+            if not c:
+                row.append("")
+                continue
+            r = "" if c["ratio_to_raw"] is None else f" ({c['ratio_to_raw']:.2f})"
+            row.append(fmt_value(j, c["value"]) + r)
+        if "lat4k" in jobs:
+            c = summ[s].get("lat4k")
+            row.append(f"{c['clat_p50_us']:.0f} / {c['clat_p99_us']:.0f}" if c else "")
+        print("| " + " | ".join(row) + " |")
+    cpu = [(s, summ[s]) for s in subjects if s in ("udm-linear", "qsd")]
+    if cpu:
+        print()
+        print("Daemon CPU s/GiB (randread4k, randwrite4k, seqread1m, seqwrite1m): " + "; ".join(
+            f"{s} " + ", ".join("-" if not c.get(j) or c[j]["daemon_cpu_s_per_gib"] is None
+                                 else f"{c[j]['daemon_cpu_s_per_gib']:.2f}" for j in THROUGHPUT_JOBS)
+            for s, c in cpu) + ".")
+    if res["rss"]:
+        print("Peak RSS (VmHWM) of a fresh daemon, striped disk, 4k randread+randwrite: " + ", ".join(
+            f"iodepth {r['depth']} {r['vmhwm_kib'] / 1024:.1f} MiB" for r in res["rss"]) + ".")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "markdown":
+        markdown(sys.argv[2])
+        return
     if len(sys.argv) >= 2 and sys.argv[1] == "brief":
         try:
             print(brief(sys.argv[2], sys.argv[3]))
