@@ -150,6 +150,19 @@ extension DeviceRegistry {
                 }
                 rows.append([origin, name, chunk, use, state])
             }
+            for name in names() {
+                guard let line = singleLine(of: name, type: "snapshot-merge"),
+                      let status = records[name]?.device.live?.entries.first?.target.status(.info) else { continue }
+                let cowFile = (line.arguments[1] as NSString).lastPathComponent
+                let state: String
+                if let usage = Self.parseUsage(status) {
+                    let left = Double(usage.allocated - min(usage.metadata, usage.allocated)) * 512 / 1_048_576
+                    state = String(format: "merging into %@, %.1f MiB left", name, left)
+                } else {
+                    state = status
+                }
+                rows.append([name, "(\(cowFile))", line.arguments[3], "-", state])
+            }
             for name in lostSnapshots {
                 rows.append(["?", name, "-", "-", "lost: transient, gone with the previous daemon"])
             }

@@ -4,7 +4,7 @@ import UDMControl
 struct SnapshotCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "snapshot",
-        abstract: "Take, list and remove snapshots of a disk (like lvcreate -s / lvs / lvremove).",
+        abstract: "Take, list, merge and remove snapshots of a disk (like lvcreate -s, lvs, lvconvert --merge, lvremove).",
         subcommands: [SnapshotCreateCommand.self, SnapshotListCommand.self, SnapshotRemoveCommand.self, SnapshotMergeCommand.self])
 }
 
@@ -19,7 +19,7 @@ struct SnapshotCreateCommand: ParsableCommand {
             """)
     @Argument(help: "The disk to snapshot.") var origin: String
     @Argument(help: "The new snapshot disk's name.") var snapshot: String
-    @Option(help: "The COW file (absolute path); created if missing.") var cow: String
+    @Option(help: "The COW file; created (sparse) if missing.") var cow: String
     @Option(help: "Size of a new COW file: bytes, or with K, M, G, T (default: room for a full copy of ORIGIN).")
     var size: String?
     @Option(help: "Chunk size in sectors, a power of two (0: the COW header's, else 32).") var chunkSize: UInt64 = 0
