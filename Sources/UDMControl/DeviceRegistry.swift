@@ -134,21 +134,32 @@ public final class DeviceRegistry: @unchecked Sendable {
     }
 
     public func resume(_ name: String) throws {
-        try locked {
-            var record = try record(name)
-            do {
-                try record.device.resume()
-            } catch {
-                throw ControlError("\(error)")
+        // As dm's do_resume: a loaded table goes live only on a suspended device, so that no I/O
+        // still reads the old table when it is released. Suspend outside the lock (see suspend),
+        // then check again under it: another client may have resumed in between.
+        func mustSuspend(_ device: MappedDevice) -> Bool { device.loaded != nil && !device.isSuspended }
+        while true {
+            let device = try locked { try record(name).device }
+            if mustSuspend(device) { device.suspend() }
+            let resumed = try locked { () throws -> Bool in
+                var record = try record(name)
+                guard !mustSuspend(record.device) else { return false }
+                do {
+                    try record.device.resume()
+                } catch {
+                    throw ControlError("\(error)")
+                }
+                if let inactive = record.inactive {
+                    record.live = inactive
+                    record.liveDisks = record.inactiveDisks
+                    record.inactive = nil
+                    record.inactiveDisks = []
+                }
+                records[name] = record
+                try save()
+                return true
             }
-            if let inactive = record.inactive {
-                record.live = inactive
-                record.liveDisks = record.inactiveDisks
-                record.inactive = nil
-                record.inactiveDisks = []
-            }
-            records[name] = record
-            try save()
+            if resumed { return }
         }
     }
 

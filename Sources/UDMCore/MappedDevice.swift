@@ -69,7 +69,11 @@ public final class MappedDevice: BlockDevice, @unchecked Sendable {
 
     /// Holds new I/O and waits for I/O in flight to finish (dm: suspend, flushing).
     public func suspend() {
-        guard !isSuspended else { return }
+        guard !isSuspended else {
+            // Another suspend may still be waiting: return only once the I/O has drained.
+            state.waitUntil({ inFlight.load(ordering: .sequentiallyConsistent) == 0 }, then: {})
+            return
+        }
         let table = live
         table?.entries.forEach { $0.target.presuspend() }
         suspendedFlag.store(true, ordering: .sequentiallyConsistent)
