@@ -7,6 +7,7 @@ public enum BuiltinTargets {
         ErrorTarget.self,
         ZeroTarget.self,
         StripedTarget.self,
+        FlakeyTarget.self,
         SnapshotOriginTarget.self,
         SnapshotTarget.self,
         SnapshotMergeTarget.self,
