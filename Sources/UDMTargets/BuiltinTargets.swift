@@ -8,6 +8,7 @@ public enum BuiltinTargets {
         ZeroTarget.self,
         StripedTarget.self,
         FlakeyTarget.self,
+        DelayTarget.self,
         SnapshotOriginTarget.self,
         SnapshotTarget.self,
         SnapshotMergeTarget.self,
