@@ -14,6 +14,8 @@ public final class MappedDevice: BlockDevice, @unchecked Sendable {
     private let size = Atomic<UInt64>(0)
     let inFlight = Atomic<Int>(0)
     private let suspendedFlag = Atomic<Bool>(true)
+    /// Counted on completion of each original (MappedDevice+Stats.swift).
+    let stats = DeviceStats()
     /// Guards the inactive table, the deferred list and the wait for in-flight I/O.
     let state = ConditionLock()
     private var inactive: Table?
