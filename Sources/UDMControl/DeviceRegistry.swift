@@ -45,7 +45,9 @@ public final class DeviceRegistry: @unchecked Sendable {
     static func validate(name: String) throws {
         let allowed = Set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ#+-.:=@_")
         guard !name.isEmpty, name.count <= 127, name != ".", name != "..", name.allSatisfy(allowed.contains) else {
-            throw ControlError("invalid disk name '\(name)': use 1-127 of 0-9 A-Z a-z # + - . : = @ _")
+            // Quote at most a line's worth of what a client sent.
+            let shown = name.count > 64 ? name.prefix(64) + "... (\(name.utf8.count) bytes)" : name[...]
+            throw ControlError("invalid disk name '\(shown)': use 1-127 of 0-9 A-Z a-z # + - . : = @ _")
         }
     }
 
