@@ -274,7 +274,8 @@ public final class PersistentStore: MergeableStore, @unchecked Sendable {
             while index >= 0, result.count < limit {
                 let next = record(index)
                 let last = result[result.count - 1]
-                guard next.old + 1 == last.old, next.new + 1 == last.new else { break }
+                // Compared without overflow: a corrupt record's old chunk may be 2^64-1.
+                guard last.old > 0, last.new > 0, next.old == last.old - 1, next.new == last.new - 1 else { break }
                 result.append(next)
                 index -= 1
             }

@@ -164,6 +164,9 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
     private struct MergeError: Error {}
 
     private func merge(old range: ClosedRange<UInt64>, new: UInt64, buffer: UnsafeMutableRawPointer, waiter: BioWaiter) throws {
+        // A corrupt COW file can name an origin chunk past the origin's end: fail the merge
+        // (status "Merge failed") instead of trapping on the arithmetic below.
+        guard originDevice.sectors > 0, range.lowerBound <= (originDevice.sectors - 1) >> chunkShift else { throw MergeError() }
         let start = range.lowerBound << chunkShift
         let sectors = min(UInt64(range.count) << chunkShift, originDevice.sectors - start)
         waitForOtherSnapshots(from: start, sectors: sectors)
