@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hostile input never hurts the daemon: malformed JSON, random bytes, a 64 MiB line, half a
 # request (closed, or held open), invalid UTF-8, deep nesting and wrong types each get an error
-# answer (or the connection closed) and `udm ls` keeps working; 50 clients creating, reloading
+# answer (or the connection closed) and `udm ls` keeps working; a table the fuzzer found
+# crashing the daemon is refused; 50 clients creating, reloading
 # and removing disks at once leave a registry that matches what they did, also after a restart;
 # I/O racing suspends, reloads and a forced remove never takes the daemon down.
 source "$(dirname "$0")/functions.sh"
@@ -74,6 +75,11 @@ expect_refused("silent connections", b'{"verb": "remove", "name": "nothing-here"
 EOF
 cat "$WORK/hostile.out" >&2
 pid_alive "$DAEMON_PID" || fail "the daemon died"
+
+log "tables the fuzzer found crashing the daemon are refused"
+expect_udm_error "$WORK/err" create huge --table "0 30 striped 8888888888888888880 3"
+grep -q "stripes need more than" "$WORK/err" || fail "unexpected error for a huge stripe count: $(cat "$WORK/err")"
+pid_alive "$DAEMON_PID" || fail "a huge stripe count killed the daemon"
 
 log "half a request held open does not block other clients; the daemon gives up on it"
 python3 - "$SOCK" "$WORK/held.out" <<'EOF' &
