@@ -15,6 +15,9 @@ struct ControlCommands: Sendable {
     }
 
     private func perform(_ request: ControlRequest) throws -> String {
+        func report<T: Encodable>(_ disks: [T], _ text: ([T]) -> String) -> String {
+            request.json == true ? Reports.json(disks) : text(disks)
+        }
         func name() throws -> String {
             guard let name = request.name else { throw ControlError("\(request.verb.rawValue) needs a disk name") }
             return name
@@ -31,10 +34,11 @@ struct ControlCommands: Sendable {
         case .resume: try registry.resume(try name())
         case .clear: try registry.clear(try name())
         case .remove: try registry.remove(try name(), force: request.force ?? false)
-        case .ls: return registry.list()
-        case .table: return try registry.lines(request.name, .table)
-        case .status: return try registry.lines(request.name, .info)
-        case .info: return try registry.info(request.name)
+        case .ls: return report(registry.listing(), Reports.text)
+        case .table: return report(try registry.lines(request.name, .table)) { Reports.text($0, prefixed: request.name == nil) }
+        case .status: return report(try registry.lines(request.name, .info)) { Reports.text($0, prefixed: request.name == nil) }
+        case .info: return report(try registry.info(request.name), Reports.text)
+        case .stats: return report(try registry.stats(request.name, clear: request.clearStats ?? false), Reports.text)
         case .message: return try registry.message(try name(), words: request.words ?? [])
         case .snapshotCreate:
             guard let options = request.snapshot else { throw ControlError("snapshot create needs its options") }

@@ -4,7 +4,7 @@ import Foundation
 /// per connection.
 public struct ControlRequest: Codable, Sendable {
     public enum Verb: String, Codable, Sendable {
-        case create, load, suspend, resume, clear, remove, ls, table, status, info, message, shutdown, ping
+        case create, load, suspend, resume, clear, remove, ls, table, status, info, stats, message, shutdown, ping
         case snapshotCreate = "snapshot-create", snapshotList = "snapshot-list", snapshotRemove = "snapshot-remove"
         case snapshotMerge = "snapshot-merge"
     }
@@ -16,6 +16,10 @@ public struct ControlRequest: Codable, Sendable {
     public var tableSource: String?
     public var force: Bool?
     public var words: [String]?
+    /// Report verbs (ls, table, status, info, stats): answer JSON instead of text.
+    public var json: Bool?
+    /// For stats: start the counters again from zero after reading them.
+    public var clearStats: Bool?
     /// For snapshot-create.
     public var snapshot: SnapshotOptions?
 
@@ -38,13 +42,16 @@ public struct ControlRequest: Codable, Sendable {
     }
 
     public init(verb: Verb, name: String? = nil, table: String? = nil, tableSource: String? = nil,
-                force: Bool? = nil, words: [String]? = nil, snapshot: SnapshotOptions? = nil) {
+                force: Bool? = nil, words: [String]? = nil, json: Bool? = nil, clearStats: Bool? = nil,
+                snapshot: SnapshotOptions? = nil) {
         self.verb = verb
         self.name = name
         self.table = table
         self.tableSource = tableSource
         self.force = force
         self.words = words
+        self.json = json
+        self.clearStats = clearStats
         self.snapshot = snapshot
     }
 }

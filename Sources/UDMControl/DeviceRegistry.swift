@@ -20,15 +20,15 @@ public final class DeviceRegistry: @unchecked Sendable {
         var stacksOn: Set<String> { liveDisks.union(inactiveDisks) }
     }
 
-    private let config: DaemonConfig
-    private let fuse: FuseFileSystem
+    let config: DaemonConfig
+    let fuse: FuseFileSystem
     private let store: StateStore
     /// Shared by every table this daemon builds (the copy engine, the snapshot origins).
     private let services = TargetServices()
     private let lock = NSRecursiveLock()
     private(set) var records: [String: Record] = [:]
     /// Creation order, so that saved definitions restore lower disks first.
-    private var order: [String] = []
+    private(set) var order: [String] = []
     /// Saved definitions that could not be restored; kept so that nothing is forgotten.
     private var unrestored: [StateStore.Definition] = []
     /// Transient snapshots found in the saved definitions at start: their contents died with
@@ -45,7 +45,9 @@ public final class DeviceRegistry: @unchecked Sendable {
     static func validate(name: String) throws {
         let allowed = Set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ#+-.:=@_")
         guard !name.isEmpty, name.count <= 127, name != ".", name != "..", name.allSatisfy(allowed.contains) else {
-            throw ControlError("invalid disk name '\(name)': use 1-127 of 0-9 A-Z a-z # + - . : = @ _")
+            // Quote at most a line's worth of what a client sent.
+            let shown = name.count > 64 ? name.prefix(64) + "... (\(name.utf8.count) bytes)" : name[...]
+            throw ControlError("invalid disk name '\(shown)': use 1-127 of 0-9 A-Z a-z # + - . : = @ _")
         }
     }
 
@@ -134,21 +136,32 @@ public final class DeviceRegistry: @unchecked Sendable {
     }
 
     public func resume(_ name: String) throws {
-        try locked {
-            var record = try record(name)
-            do {
-                try record.device.resume()
-            } catch {
-                throw ControlError("\(error)")
+        // As dm's do_resume: a loaded table goes live only on a suspended device, so that no I/O
+        // still reads the old table when it is released. Suspend outside the lock (see suspend),
+        // then check again under it: another client may have resumed in between.
+        func mustSuspend(_ device: MappedDevice) -> Bool { device.loaded != nil && !device.isSuspended }
+        while true {
+            let device = try locked { try record(name).device }
+            if mustSuspend(device) { device.suspend() }
+            let resumed = try locked { () throws -> Bool in
+                var record = try record(name)
+                guard !mustSuspend(record.device) else { return false }
+                do {
+                    try record.device.resume()
+                } catch {
+                    throw ControlError("\(error)")
+                }
+                if let inactive = record.inactive {
+                    record.live = inactive
+                    record.liveDisks = record.inactiveDisks
+                    record.inactive = nil
+                    record.inactiveDisks = []
+                }
+                records[name] = record
+                try save()
+                return true
             }
-            if let inactive = record.inactive {
-                record.live = inactive
-                record.liveDisks = record.inactiveDisks
-                record.inactive = nil
-                record.inactiveDisks = []
-            }
-            records[name] = record
-            try save()
+            if resumed { return }
         }
     }
 
@@ -181,48 +194,6 @@ public final class DeviceRegistry: @unchecked Sendable {
     // MARK: reports
 
     public func names() -> [String] { locked { order } }
-
-    public func list() -> String {
-        locked {
-            guard !order.isEmpty else { return "No devices found" }
-            return order.map { "\($0)\t(\(fuse.path(of: $0)))" }.joined(separator: "\n")
-        }
-    }
-
-    /// `udm table` / `udm status`: the disk's lines, or every disk's prefixed with its name.
-    public func lines(_ name: String?, _ kind: StatusKind) throws -> String {
-        try locked {
-            let names = try name.map { _ = try record($0); return [$0] } ?? order
-            var out: [String] = []
-            for disk in names {
-                let lines = records[disk]?.device.live?.lines(kind) ?? []
-                out += name == nil ? lines.map { "\(disk): \($0)" } : lines
-            }
-            return out.joined(separator: "\n")
-        }
-    }
-
-    public func info(_ name: String?) throws -> String {
-        try locked {
-            let names = try name.map { _ = try record($0); return [$0] } ?? order
-            return names.map { disk in
-                let record = records[disk]!
-                let device = record.device
-                let live = device.live
-                let tables = [live != nil ? "LIVE" : nil, device.loaded != nil ? "INACTIVE" : nil].compactMap { $0 }
-                return [
-                    "Name:              \(disk)",
-                    "State:             \(device.isSuspended ? "SUSPENDED" : "ACTIVE")",
-                    "Tables present:    \(tables.isEmpty ? "None" : tables.joined(separator: " & "))",
-                    "Open count:        \(fuse.openCount(name: disk))",
-                    "Number of targets: \(live?.entries.count ?? 0)",
-                    "Size:              \(device.sectors) sectors",
-                    "Bioset size:       \(live?.bioSet.capacity ?? config.bioSetSize)",
-                    "File:              \(fuse.path(of: disk))",
-                ].joined(separator: "\n")
-            }.joined(separator: "\n\n")
-        }
-    }
 
     public func message(_ name: String, words: [String]) throws -> String {
         try locked {

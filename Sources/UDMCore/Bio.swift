@@ -49,6 +49,9 @@ public final class Bio: @unchecked Sendable {
     /// The next target to send flushes to, while a flush or PREFLUSH is being sent out.
     var flushingTarget: Int?
     var admittedAt: MappedDevice?
+    /// For the device's statistics: when it was admitted, and how many pieces it was cut into.
+    var startedAt: UInt64 = 0
+    var pieces: UInt32 = 0
 
     /// Intrusive link: a bio sits on at most one list (a thread's BioList, a deferred list, a pool).
     var next: Bio?

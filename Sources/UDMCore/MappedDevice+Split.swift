@@ -14,6 +14,7 @@ extension MappedDevice {
             guard admit(bio) else { return }
             bio.splitting = true
             bio.admittedAt = self
+            statsAdmitted(bio)
             bio.pending.store(1, ordering: .relaxed)
             bio.firstError.store(0, ordering: .relaxed)
             bio.nextSector = bio.sector
@@ -42,6 +43,7 @@ extension MappedDevice {
             bio.childEnded(.ioError)
             return
         }
+        bio.pieces &+= 1
         let entry = table.entries[table.entryIndex(for: sector)]
         let target = entry.target
         var length = min(bio.remainingSectors, entry.end - sector)
@@ -138,6 +140,7 @@ extension MappedDevice {
             bio.submit(to: self)
             return
         }
+        statsCompleted(bio)
         let error = bio.firstError.load(ordering: .relaxed)
         bio.end(error == 0 ? .ok : BioStatus(errno: error))
     }

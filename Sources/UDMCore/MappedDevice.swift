@@ -14,6 +14,8 @@ public final class MappedDevice: BlockDevice, @unchecked Sendable {
     private let size = Atomic<UInt64>(0)
     let inFlight = Atomic<Int>(0)
     private let suspendedFlag = Atomic<Bool>(true)
+    /// Counted on completion of each original (MappedDevice+Stats.swift).
+    let stats = DeviceStats()
     /// Guards the inactive table, the deferred list and the wait for in-flight I/O.
     let state = ConditionLock()
     private var inactive: Table?
@@ -69,7 +71,11 @@ public final class MappedDevice: BlockDevice, @unchecked Sendable {
 
     /// Holds new I/O and waits for I/O in flight to finish (dm: suspend, flushing).
     public func suspend() {
-        guard !isSuspended else { return }
+        guard !isSuspended else {
+            // Another suspend may still be waiting: return only once the I/O has drained.
+            state.waitUntil({ inFlight.load(ordering: .sequentiallyConsistent) == 0 }, then: {})
+            return
+        }
         let table = live
         table?.entries.forEach { $0.target.presuspend() }
         suspendedFlag.store(true, ordering: .sequentiallyConsistent)

@@ -7,6 +7,8 @@ public enum BuiltinTargets {
         ErrorTarget.self,
         ZeroTarget.self,
         StripedTarget.self,
+        FlakeyTarget.self,
+        DelayTarget.self,
         SnapshotOriginTarget.self,
         SnapshotTarget.self,
         SnapshotMergeTarget.self,

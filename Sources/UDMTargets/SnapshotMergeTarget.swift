@@ -158,6 +158,11 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
 
     private func merge(_ batch: [(old: UInt64, new: UInt64)], buffer: UnsafeMutableRawPointer, waiter: BioWaiter) throws {
         let chunks = batch.sorted { $0.old < $1.old }
+        // A corrupt COW file can name an origin chunk past the origin's end: fail the merge
+        // (status "Merge failed") instead of trapping on the arithmetic below.
+        guard originDevice.sectors > 0, let last = chunks.last, last.old <= (originDevice.sectors - 1) >> chunkShift else {
+            throw MergeError()
+        }
         for chunk in chunks {
             waitForOtherSnapshots(from: chunk.old << chunkShift, sectors: chunkSize)
         }

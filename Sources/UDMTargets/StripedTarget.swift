@@ -39,8 +39,10 @@ public final class StripedTarget: Target {
         guard let chunk = UInt64(arguments[1]), chunk >= 1 else {
             throw TargetError("invalid chunk size '\(arguments[1])'", argument: 2)
         }
-        guard arguments.count == 2 + 2 * count else {
-            throw TargetError("\(count) stripes need \(2 + 2 * count) arguments, got \(arguments.count)")
+        // A stripe count from a client must not overflow the arithmetic (it crashed the daemon).
+        guard count <= (Int.max - 2) / 2, arguments.count == 2 + 2 * count else {
+            let needed = count <= (Int.max - 2) / 2 ? "\(2 + 2 * count)" : "more than \(Int.max)"
+            throw TargetError("\(count) stripes need \(needed) arguments, got \(arguments.count)")
         }
         guard context.length % UInt64(count) == 0 else {
             throw TargetError("target length \(context.length) is not divisible by the number of stripes \(count)")

@@ -21,7 +21,7 @@ struct Udm: ParsableCommand {
             DaemonCommand.self, ShutdownCommand.self,
             CreateCommand.self, LoadCommand.self, SuspendCommand.self, ResumeCommand.self,
             ClearCommand.self, RemoveCommand.self,
-            ListCommand.self, TableCommand.self, StatusCommand.self, InfoCommand.self,
+            ListCommand.self, TableCommand.self, StatusCommand.self, InfoCommand.self, StatsCommand.self,
             MessageCommand.self, TargetsCommand.self, SnapshotCommand.self,
         ]
     )

@@ -143,6 +143,23 @@ final class PersistentStoreTests: XCTestCase {
         }.0.contains("metadata area 0 record 0 points at chunk"))
     }
 
+    /// Found by the cow fuzzer: consecutive-record detection added 1 to a record's old chunk,
+    /// which traps when a corrupt store holds 2^64-1 there.
+    func testLastExceptionsSurvivesAnOldChunkOfTwoToThe64MinusOne() throws {
+        let cow = MemoryDevice(name: "cow", sectors: 16 * 10)
+        let store = PersistentStore(cow: cow, chunkSize: 16)
+        XCTAssertTrue(try store.read { _, _ in })
+        for old in [UInt64.max, 0] {
+            let new = try XCTUnwrap(store.prepare())
+            XCTAssertTrue(commitAndWait(store, old: old, new: new))
+        }
+        let reloaded = PersistentStore(cow: cow, chunkSize: 16)
+        var found: [UInt64] = []
+        XCTAssertTrue(try reloaded.read { old, _ in found.append(old) })
+        XCTAssertEqual(found, [UInt64.max, 0])
+        XCTAssertEqual(reloaded.lastExceptions(limit: 8).map(\.old), [0], "not consecutive with 2^64-1")
+    }
+
     func testTransientStoreAllocatesFromZero() throws {
         let cow = MemoryDevice(name: "cow", sectors: 64)
         let store = TransientStore(cow: cow, chunkSize: 16)

@@ -36,6 +36,8 @@ final class StripedTargetTests: XCTestCase {
         XCTAssertEqual(rejection("0 64 striped 0 8"), "line 1: argument 1 of striped: invalid stripe count '0'")
         XCTAssertEqual(rejection("0 64 striped 2 0 /s0 0 /s1 0"), "line 1: argument 2 of striped: invalid chunk size '0'")
         XCTAssertEqual(rejection("0 64 striped 2 8 /s0 0"), "line 1: striped: 2 stripes need 6 arguments, got 4")
+        XCTAssertEqual(rejection("0 30 striped 8888888888888888880 3"), "line 1: striped: 8888888888888888880 stripes need more than 9223372036854775807 arguments, got 2")
+        XCTAssertEqual(rejection("0 30 striped 4611686018427387902 3"), "line 1: striped: 4611686018427387902 stripes need 9223372036854775806 arguments, got 2")
         XCTAssertEqual(rejection("0 63 striped 2 8 /s0 0 /s1 0"), "line 1: striped: target length 63 is not divisible by the number of stripes 2")
         XCTAssertEqual(rejection("0 36 striped 2 8 /s0 0 /s1 0"), "line 1: striped: target length per stripe 18 is not divisible by the chunk size 8")
         XCTAssertEqual(rejection("0 64 striped 2 8 /s0 x /s1 0"), "line 1: argument 4 of striped: invalid stripe 0 offset 'x'")

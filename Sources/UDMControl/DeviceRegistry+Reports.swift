@@ -1,0 +1,173 @@
+import Foundation
+import UDMCore
+
+/// What `udm ls`, `table`, `status`, `info` and `stats` report, as values: printed as text the
+/// way dmsetup prints it, or as one line of JSON (`--json`: `{"disks": [...]}`, keyed by these
+/// field names, which stay stable).
+public enum Reports {
+    public struct Disk: Codable, Sendable {
+        public var name: String
+        public var file: String
+    }
+
+    /// One line of `table` or `status`.
+    public struct Line: Codable, Sendable {
+        public var start: UInt64
+        public var length: UInt64
+        public var target: String
+        /// The target's arguments (`table`) or status (`status`).
+        public var params: String
+    }
+
+    public struct Lines: Codable, Sendable {
+        public var name: String
+        public var lines: [Line]
+    }
+
+    public struct Info: Codable, Sendable {
+        public var name: String
+        /// ACTIVE or SUSPENDED.
+        public var state: String
+        public var liveTable: Bool
+        public var inactiveTable: Bool
+        public var openCount: Int
+        public var targets: Int
+        public var sectors: UInt64
+        public var biosetSize: Int
+        public var file: String
+    }
+
+    /// One operation group's counters (dmstats / diskstats).
+    public struct Counts: Codable, Sendable {
+        /// Completed original I/Os, failed ones included.
+        public var ios: UInt64
+        /// Originals cut into more than one piece.
+        public var merges: UInt64
+        public var sectors: UInt64
+        /// Sum of the I/Os' times from admission to completion.
+        public var nanoseconds: UInt64
+        /// Bucket i: latencies in [2^i, 2^(i+1)) microseconds (bucket 0 from 0).
+        public var histogram: [UInt64]
+
+        init(_ counts: DeviceStats.Counts) {
+            ios = counts.ios
+            merges = counts.merges
+            sectors = counts.sectors
+            nanoseconds = counts.nanoseconds
+            histogram = counts.histogram
+        }
+    }
+
+    public struct Stats: Codable, Sendable {
+        public var name: String
+        public var inFlight: Int
+        public var read: Counts
+        public var write: Counts
+        public var discard: Counts
+        public var flush: Counts
+    }
+
+    static func json<T: Encodable>(_ disks: [T]) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(["disks": disks])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+    }
+
+    // MARK: text
+
+    static func text(_ disks: [Disk]) -> String {
+        disks.isEmpty ? "No devices found" : disks.map { "\($0.name)\t(\($0.file))" }.joined(separator: "\n")
+    }
+
+    /// One disk's lines as they are; several disks' prefixed with the name.
+    static func text(_ tables: [Lines], prefixed: Bool) -> String {
+        tables.flatMap { table in
+            table.lines.map { (prefixed ? "\(table.name): " : "") + "\($0.start) \($0.length) \($0.target) \($0.params)" }
+        }.joined(separator: "\n")
+    }
+
+    static func text(_ infos: [Info]) -> String {
+        infos.map { info in
+            let tables = [info.liveTable ? "LIVE" : nil, info.inactiveTable ? "INACTIVE" : nil].compactMap { $0 }
+            return [
+                "Name:              \(info.name)",
+                "State:             \(info.state)",
+                "Tables present:    \(tables.isEmpty ? "None" : tables.joined(separator: " & "))",
+                "Open count:        \(info.openCount)",
+                "Number of targets: \(info.targets)",
+                "Size:              \(info.sectors) sectors",
+                "Bioset size:       \(info.biosetSize)",
+                "File:              \(info.file)",
+            ].joined(separator: "\n")
+        }.joined(separator: "\n\n")
+    }
+
+    /// Per disk a header, then one line per operation group; the latency histogram shows the
+    /// non-empty buckets as `<lower bound>:<count>`.
+    static func text(_ stats: [Stats]) -> String {
+        func pad(_ text: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - text.count)) + text }
+        return stats.map { disk in
+            var lines = ["\(disk.name): \(disk.inFlight) in flight",
+                         "  op          ios   merges      sectors     time(ms)  latency(us)"]
+            for (op, counts) in [("read", disk.read), ("write", disk.write), ("discard", disk.discard), ("flush", disk.flush)] {
+                let milliseconds = String(format: "%.3f", Double(counts.nanoseconds) / 1e6)
+                let histogram = counts.histogram.enumerated().filter { $0.element > 0 }.map { bucket, count in
+                    "\(bucket == 0 ? "<2" : "\(1 << bucket)"):\(count)"
+                }.joined(separator: " ")
+                lines.append("  " + op.padding(toLength: 8, withPad: " ", startingAt: 0) + pad("\(counts.ios)", 8)
+                             + pad("\(counts.merges)", 9) + pad("\(counts.sectors)", 13) + pad(milliseconds, 13)
+                             + (histogram.isEmpty ? "" : "  " + histogram))
+            }
+            return lines.joined(separator: "\n")
+        }.joined(separator: "\n\n")
+    }
+}
+
+extension DeviceRegistry {
+    /// The named disk, or every disk in creation order.
+    private func selected(_ name: String?) throws -> [String] {
+        try name.map { _ = try record($0); return [$0] } ?? order
+    }
+
+    public func listing() -> [Reports.Disk] {
+        locked { order.map { Reports.Disk(name: $0, file: fuse.path(of: $0)) } }
+    }
+
+    /// `udm table` / `udm status`: each disk's live table lines.
+    public func lines(_ name: String?, _ kind: StatusKind) throws -> [Reports.Lines] {
+        try locked {
+            try selected(name).map { disk in
+                let entries = records[disk]?.device.live?.entries ?? []
+                return Reports.Lines(name: disk, lines: entries.map {
+                    Reports.Line(start: $0.begin, length: $0.length, target: type(of: $0.target).name, params: $0.target.status(kind))
+                })
+            }
+        }
+    }
+
+    public func info(_ name: String?) throws -> [Reports.Info] {
+        try locked {
+            try selected(name).map { disk in
+                let device = records[disk]!.device
+                let live = device.live
+                return Reports.Info(name: disk, state: device.isSuspended ? "SUSPENDED" : "ACTIVE",
+                                    liveTable: live != nil, inactiveTable: device.loaded != nil,
+                                    openCount: fuse.openCount(name: disk), targets: live?.entries.count ?? 0,
+                                    sectors: device.sectors, biosetSize: live?.bioSet.capacity ?? config.bioSetSize,
+                                    file: fuse.path(of: disk))
+            }
+        }
+    }
+
+    /// `udm stats`: each disk's counters; with `clear`, they start again from zero.
+    public func stats(_ name: String?, clear: Bool) throws -> [Reports.Stats] {
+        try locked {
+            try selected(name).map { disk in
+                let device = records[disk]!.device
+                let stats = clear ? device.takeStatistics() : device.statistics()
+                return Reports.Stats(name: disk, inFlight: stats.inFlight, read: .init(stats[.read]),
+                                     write: .init(stats[.write]), discard: .init(stats[.discard]), flush: .init(stats[.flush]))
+            }
+        }
+    }
+}
