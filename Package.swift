@@ -31,6 +31,6 @@ let package = Package(
         .target(name: "UDMTestSupport", dependencies: ["UDMCore"]),
         .testTarget(name: "UDMCoreTests", dependencies: ["UDMCore", "UDMTargets", "UDMTestSupport"]),
         .testTarget(name: "UDMExceptionStoreTests", dependencies: ["UDMCore", "UDMExceptionStore", "UDMTestSupport"]),
-        .testTarget(name: "UDMTargetsTests", dependencies: ["UDMCore", "UDMTargets", "UDMTestSupport"]),
+        .testTarget(name: "UDMTargetsTests", dependencies: ["UDMCore", "UDMExceptionStore", "UDMTargets", "UDMTestSupport"]),
     ]
 )

@@ -1,5 +1,6 @@
 import Glibc
 import UDMCore
+import UDMExceptionStore
 import UDMTargets
 import UDMTestSupport
 import XCTest
@@ -114,5 +115,26 @@ final class SnapshotMergeAcrossAreasTests: XCTestCase {
         }
         XCTAssertEqual(merge.live?.lines(.info), ["0 8192 snapshot-merge 16/16384 16"])
         XCTAssertEqual([0, Int(chunks) * 8 - 1, Int(chunks) * 8].map { real.byte(at: $0 * 512) }, [1, 1, 1])
+    }
+}
+
+final class SnapshotMergeCorruptTests: XCTestCase {
+    /// A COW record naming an origin chunk past the origin's end fails the merge instead of
+    /// trapping the daemon.
+    func testRecordPastTheOriginsEndFailsTheMerge() throws {
+        let real = MemoryDevice(name: "real", sectors: 1024, recording: false)
+        let cow = MemoryDevice(name: "cow", sectors: 2048, recording: false)
+        let store = PersistentStore(cow: cow, chunkSize: 8)
+        XCTAssertTrue(try store.read { _, _ in })
+        let new = try XCTUnwrap(store.prepare())
+        let committed = Completion()
+        store.commit(old: UInt64.max, new: new) { _ in committed.signal() }
+        committed.wait()
+        let merge = MappedDevice(name: "m")
+        merge.load(try Table(lines: TableLine.parse("0 1024 snapshot-merge real cow P 8"), registry: BuiltinTargets.registry,
+                             resolver: SnapshotTests.Resolver(devices: ["real": real, "cow": cow]), bioSetSize: 4))
+        try merge.resume()
+        for _ in 0..<200 where merge.live?.lines(.info) != ["0 1024 snapshot-merge Merge failed"] { usleep(10_000) }
+        XCTAssertEqual(merge.live?.lines(.info), ["0 1024 snapshot-merge Merge failed"])
     }
 }
