@@ -37,7 +37,9 @@ final class Origin: @unchecked Sendable {
         self.device = device
     }
 
-    /// With `lock` held: the snapshots that are still alive.
+    /// With `lock` held: the snapshots that are still alive. A snapshot that goes away drops
+    /// out here; it must not take `lock` in its deinit, which can run right here, under the
+    /// lock, when another thread lets go of it while this loads it.
     var snapshots: [SnapshotTarget] {
         registered.removeAll { $0.snapshot == nil }
         return registered.compactMap(\.snapshot)
@@ -49,10 +51,6 @@ final class Origin: @unchecked Sendable {
                 registered.append(Weak(snapshot: snapshot))
             }
         }
-    }
-
-    func unregister(_ snapshot: SnapshotTarget) {
-        lock.withLock { registered.removeAll { $0.snapshot == nil || $0.snapshot === snapshot } }
     }
 
     /// An origin write may proceed only once every valid snapshot holds its own copy of the

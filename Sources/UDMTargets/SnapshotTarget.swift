@@ -66,8 +66,6 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         copyEngine = context.services.copyEngine
     }
 
-    deinit { origin.unregister(self) }
-
     public var maxIOLength: UInt64 { chunkSize }
     /// One flush for the origin, one for the COW device.
     public var flushBios: Int { 2 }

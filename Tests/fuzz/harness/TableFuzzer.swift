@@ -9,7 +9,9 @@ import UDMTargets
 /// and gets a read, a write, a flush and a discard at its first and last sectors; then the device
 /// is suspended, which must end every bio exactly once (delayed ones included).
 /// Found: a stripe count near 2^63 overflowed `2 + 2 * count` in StripedTarget and crashed
-/// the daemon (fixed; Tests/fuzz/table/striped-huge-count).
+/// the daemon (fixed; Tests/fuzz/table/striped-huge-count); a snapshot target whose last
+/// reference went while an origin walked its snapshots ran its deinit under the origin lock
+/// and locked it again: a self-deadlock (fixed in OriginRegistry/SnapshotTarget).
 
 /// One set of devices and services for all inputs: snapshot origins and the copy engine live in
 /// the services, so fresh ones per input would pile up threads.
