@@ -4,14 +4,6 @@ import UDMTargets
 import UDMTestSupport
 import XCTest
 
-/// Resolves names to given devices.
-struct NamedResolver: DeviceResolver {
-    let devices: [String: BlockDevice]
-    func open(_ name: String) throws -> BlockDevice {
-        guard let device = devices[name] else { throw TargetError("no such device") }
-        return device
-    }
-}
 
 final class DepthFirstTests: XCTestCase {
     /// top: striped over two recorded lower disks, each a linear disk over a recorded image.

@@ -2,21 +2,11 @@ import UDMCore
 import UDMTargets
 import UDMTestSupport
 
-/// Resolves device names to in-memory devices given by the test.
-struct MemoryResolver: DeviceResolver {
-    let devices: [String: MemoryDevice]
-
-    func open(_ name: String) throws -> BlockDevice {
-        guard let device = devices[name] else { throw TargetError("no such device") }
-        return device
-    }
-}
-
 /// A live device built from `text` over in-memory devices.
 func makeDevice(_ text: String, devices: [String: MemoryDevice], bioSetSize: Int = 4,
                 policy: BioSet.ManyPolicy = .noWaitThenMutex) throws -> MappedDevice {
     let table = try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
-                          resolver: MemoryResolver(devices: devices), bioSetSize: bioSetSize)
+                          resolver: NamedResolver(devices: devices), bioSetSize: bioSetSize)
     let device = MappedDevice(name: "test", manyPolicy: policy)
     device.load(table)
     try device.resume()

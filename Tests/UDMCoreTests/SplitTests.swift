@@ -124,7 +124,7 @@ final class SplitTests: XCTestCase {
         let devices = ["/a": a, "/b": b]
         let device = try makeDevice("0 100 linear /a 0", devices: devices)
         device.load(try Table(lines: TableLine.parse("0 50 linear /b 0"), registry: BuiltinTargets.registry,
-                              resolver: MemoryResolver(devices: devices), bioSetSize: 1))
+                              resolver: NamedResolver(devices: devices), bioSetSize: 1))
         XCTAssertEqual(device.sectors, 100)
         device.suspend()
         try device.resume()
@@ -169,7 +169,7 @@ final class MaxIOLengthTests: XCTestCase {
         let a = MemoryDevice(name: "/a", sectors: 1000)
         let registry = TargetRegistry([ChunkedTarget.self, ZeroTarget.self])
         let table = try Table(lines: TableLine.parse("0 3 zero\n3 100 chunked /a 8"), registry: registry,
-                              resolver: MemoryResolver(devices: ["/a": a]), bioSetSize: 2)
+                              resolver: NamedResolver(devices: ["/a": a]), bioSetSize: 2)
         let device = MappedDevice(name: "chunked")
         device.load(table)
         try device.resume()

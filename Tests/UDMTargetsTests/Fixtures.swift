@@ -2,20 +2,10 @@ import UDMCore
 import UDMTargets
 import UDMTestSupport
 
-/// Resolves device names to in-memory devices given by the test.
-struct MemoryResolver: DeviceResolver {
-    let devices: [String: MemoryDevice]
-
-    func open(_ name: String) throws -> BlockDevice {
-        guard let device = devices[name] else { throw TargetError("no such device") }
-        return device
-    }
-}
-
 /// A live device built from `text` over in-memory devices.
 func makeDevice(_ text: String, devices: [MemoryDevice], services: TargetServices = TargetServices()) throws -> MappedDevice {
     let table = try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
-                          resolver: MemoryResolver(devices: Dictionary(uniqueKeysWithValues: devices.map { ($0.name, $0) })),
+                          resolver: NamedResolver(devices: Dictionary(uniqueKeysWithValues: devices.map { ($0.name, $0) })),
                           bioSetSize: 16, services: services)
     let device = MappedDevice(name: "test")
     device.load(table)

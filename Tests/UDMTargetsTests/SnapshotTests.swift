@@ -7,14 +7,6 @@ import XCTest
 
 /// Snapshot, origin and merge targets over in-memory devices.
 final class SnapshotTests: XCTestCase {
-    struct Resolver: DeviceResolver {
-        let devices: [String: BlockDevice]
-        func open(_ name: String) throws -> BlockDevice {
-            guard let device = devices[name] else { throw TargetError("no such device") }
-            return device
-        }
-    }
-
     let real = MemoryDevice(name: "real", sectors: 1024, recording: false)
     let cow = MemoryDevice(name: "cow", sectors: 2048, recording: false)
     let services = TargetServices()
@@ -22,7 +14,7 @@ final class SnapshotTests: XCTestCase {
     private func device(_ text: String) throws -> MappedDevice {
         let device = MappedDevice(name: "d")
         device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
-                              resolver: Resolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
+                              resolver: NamedResolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
         try device.resume()
         return device
     }
@@ -93,7 +85,7 @@ final class SnapshotMergeAcrossAreasTests: XCTestCase {
         func device(_ text: String) throws -> MappedDevice {
             let device = MappedDevice(name: "d")
             device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
-                                  resolver: SnapshotTests.Resolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
+                                  resolver: NamedResolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
             try device.resume()
             return device
         }
@@ -132,7 +124,7 @@ final class SnapshotMergeCorruptTests: XCTestCase {
         committed.wait()
         let merge = MappedDevice(name: "m")
         merge.load(try Table(lines: TableLine.parse("0 1024 snapshot-merge real cow P 8"), registry: BuiltinTargets.registry,
-                             resolver: SnapshotTests.Resolver(devices: ["real": real, "cow": cow]), bioSetSize: 4))
+                             resolver: NamedResolver(devices: ["real": real, "cow": cow]), bioSetSize: 4))
         try merge.resume()
         for _ in 0..<200 where merge.live?.lines(.info) != ["0 1024 snapshot-merge Merge failed"] { usleep(10_000) }
         XCTAssertEqual(merge.live?.lines(.info), ["0 1024 snapshot-merge Merge failed"])

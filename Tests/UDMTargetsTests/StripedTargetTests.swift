@@ -4,21 +4,13 @@ import UDMTestSupport
 import XCTest
 
 final class StripedTargetTests: XCTestCase {
-    struct Resolver: DeviceResolver {
-        let devices: [String: MemoryDevice]
-        func open(_ name: String) throws -> BlockDevice {
-            guard let device = devices[name] else { throw TargetError("no such device") }
-            return device
-        }
-    }
-
     let images = (0..<4).map { MemoryDevice(name: "/s\($0)", sectors: 4096) }
     var devices: [String: MemoryDevice] { Dictionary(uniqueKeysWithValues: images.map { ($0.name, $0) }) }
 
     private func striped(_ text: String, bioSetSize: Int = 1) throws -> MappedDevice {
         let device = MappedDevice(name: "striped")
         device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
-                              resolver: Resolver(devices: devices), bioSetSize: bioSetSize))
+                              resolver: NamedResolver(devices: devices), bioSetSize: bioSetSize))
         try device.resume()
         return device
     }
