@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 
 /// Accepts control connections on the Unix socket, one thread per connection, and answers
 /// each request through `handle`. Only root or the daemon's own user may talk to it.
@@ -7,6 +8,9 @@ final class ControlServer: @unchecked Sendable {
     private let listenFD: Int32
     private let path: String
     private let handle: @Sendable (ControlRequest) -> ControlResponse
+    /// Requests read and not yet answered; stop waits for them (the shutdown request among
+    /// them must get its answer before the process exits).
+    private let unanswered = Mutex(0)
 
     init(path: String, handle: @escaping @Sendable (ControlRequest) -> ControlResponse) throws {
         self.path = path
@@ -18,10 +22,14 @@ final class ControlServer: @unchecked Sendable {
         Thread.detachNewThread { [self] in acceptLoop() }
     }
 
-    /// Stops accepting; requests already being answered finish.
+    /// Stops accepting, then gives requests already being answered up to 5 s to finish.
     func stop() {
         unlink(path)
         shutdown(listenFD, Int32(SHUT_RDWR))
+        for _ in 0..<500 {
+            if unanswered.withLock({ $0 == 0 }) { return }
+            usleep(10_000)
+        }
     }
 
     private func acceptLoop() {
@@ -40,11 +48,14 @@ final class ControlServer: @unchecked Sendable {
         defer { close(fd) }
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var counted = false
         let response: ControlResponse
         if let uid = UnixSocket.peerUID(fd), uid == 0 || uid == geteuid() {
             do {
                 let data = try UnixSocket.readLine(fd, limit: ControlCoding.maxRequestBytes)
                 let request = try JSONDecoder().decode(ControlRequest.self, from: data)
+                unanswered.withLock { $0 += 1 }
+                counted = true
                 response = handle(request)
             } catch let error as ControlError {
                 response = .failure("bad request: \(error)")
@@ -55,5 +66,6 @@ final class ControlServer: @unchecked Sendable {
             response = .failure("permission denied: only root may control udm")
         }
         UnixSocket.writeAll(fd, ControlCoding.encode(response))
+        if counted { unanswered.withLock { $0 -= 1 } }
     }
 }

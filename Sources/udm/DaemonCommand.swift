@@ -102,7 +102,14 @@ struct ShutdownCommand: ParsableCommand {
     @OptionGroup var client: ClientOptions
 
     func run() throws {
-        try client.send(ControlRequest(verb: .shutdown))
+        // A daemon that exits before its answer arrives has still done what was asked: the
+        // wait below decides.
+        _ = client.ask(ControlRequest(verb: .ping))
+        let response = try? ControlClient.send(ControlRequest(verb: .shutdown), socket: client.socketPath)
+        if let response, !response.ok { fail(response.error ?? "the daemon refused to shut down") }
+        if response == nil, (try? ControlClient.send(ControlRequest(verb: .ping), socket: client.socketPath)) != nil {
+            fail("the daemon at \(client.socketPath) did not take the shutdown request")
+        }
         // Return once the daemon is gone, so that the mount is free for the next one.
         for _ in 0..<300 {
             if (try? ControlClient.send(ControlRequest(verb: .ping), socket: client.socketPath)) == nil { return }
