@@ -15,6 +15,11 @@ enum FuseOperations {
         ops.`init` = { _, conn in
             guard let conn else { return }
             conn.pointee.max_write = 1 << 20
+            // The kernel keeps at most max_background asynchronous requests (a loop device's
+            // direct I/O, async reads) in flight to the daemon; its default of 12 caps the queue
+            // depth below what a loop device with iodepth 32 offers.
+            conn.pointee.max_background = 64
+            conn.pointee.congestion_threshold = 48
             if conn.pointee.capable & UInt32(FUSE_CAP_ASYNC_DIO) != 0 {
                 conn.pointee.want |= UInt32(FUSE_CAP_ASYNC_DIO)
             }
