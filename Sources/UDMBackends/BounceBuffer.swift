@@ -27,6 +27,29 @@ final class BounceBuffer {
         return 0
     }
 
+    /// A run whose buffers are not all aligned, through the aligned buffer in one call:
+    /// gathered before a write, scattered after a read. The run fits (`maxRunBytes`).
+    func transfer(_ run: BioRun, write: Bool, fd: Int32) -> Int {
+        precondition(run.bytes <= BounceBuffer.size, "run larger than the bounce buffer")
+        if write {
+            var at = memory
+            for bio in run {
+                at.copyMemory(from: bio.buffer!, byteCount: bio.byteCount)
+                at += bio.byteCount
+            }
+        }
+        let offset = Int(run.sector << sectorShift)
+        let result = SystemCall.transfer(write: write, fd: fd, buffer: memory, count: run.bytes, offset: offset)
+        if result == 0 && !write {
+            var at = memory
+            for bio in run {
+                bio.buffer!.copyMemory(from: at, byteCount: bio.byteCount)
+                at += bio.byteCount
+            }
+        }
+        return result
+    }
+
     func writeZeros(fd: Int32, count: Int, offset: Int) -> Int {
         memory.initializeMemory(as: UInt8.self, repeating: 0, count: BounceBuffer.size)
         var done = 0

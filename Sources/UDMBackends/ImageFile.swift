@@ -5,7 +5,7 @@ import UDMCore
 /// A `BlockDevice` over an image file or a host block device: the bottom of every stack.
 ///
 /// I/O runs synchronously on the submitting thread, straight between the bio's buffer and the
-/// file: read = pread, write = pwrite (PREFLUSH adds an fdatasync before, FUA one after), flush = fdatasync, discard =
+/// file: read = pread, write = pwrite (a run of adjacent ones from the plug: preadv/pwritev) (PREFLUSH adds an fdatasync before, FUA one after), flush = fdatasync, discard =
 /// punch hole, write-zeroes = zero range (with a fallback to writing zeros).
 ///
 /// With direct I/O (the default where the file accepts O_DIRECT) the host page cache is
@@ -92,6 +92,43 @@ public final class ImageFile: BlockDevice, @unchecked Sendable {
                                mode: udm_falloc_zero_range | udm_falloc_keep_size)
         }
         bio.end(result < 0 ? BioStatus(errno: Int32(-result)) : .ok)
+    }
+
+    /// Runs of adjacent pieces are gathered up to what the bounce buffer holds.
+    public var maxRunBytes: Int { BounceBuffer.size }
+
+    /// A run of adjacent reads or writes as one preadv/pwritev (or one bounced transfer). If
+    /// that fails or falls short, the run is redone bio by bio, so each bio ends with its own
+    /// status and a read past the end of the file gets its zeros.
+    public func submitRun(_ run: BioRun) {
+        guard run.count > 1 else {
+            submitBio(run.first)
+            return
+        }
+        if run.flags.contains(.preflush) {
+            let flushed = SystemCall.retrying { Int(fdatasync(fd)) }
+            guard flushed == 0 else {
+                for bio in run { bio.end(BioStatus(errno: Int32(-flushed))) }
+                return
+            }
+        }
+        var result = transfer(run)
+        if result == 0 && run.op == .write && run.flags.contains(.fua) {
+            result = SystemCall.retrying { Int(fdatasync(fd)) }
+        }
+        for bio in run {
+            let status = result == 0 ? 0 : transfer(bio, offset: Int(bio.sector) << 9)
+            bio.end(status < 0 ? BioStatus(errno: Int32(-status)) : .ok)
+        }
+    }
+
+    private func transfer(_ run: BioRun) -> Int {
+        let write = run.op == .write
+        guard usesDirectIO else { return VectoredIO.current.transfer(run, write: write, fd: fd) }
+        if run.allSatisfy({ Int(bitPattern: $0.buffer) & 511 == 0 }) {
+            return VectoredIO.current.transfer(run, write: write, fd: fd)
+        }
+        return BounceBuffer.current.transfer(run, write: write, fd: fd)
     }
 
     private func transfer(_ bio: Bio, offset: Int) -> Int {

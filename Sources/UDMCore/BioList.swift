@@ -6,6 +6,10 @@
 /// produced run before anything queued earlier, in the order they were produced: lower devices
 /// first, then the remainder — depth-first, so stack depth stays constant however deep the
 /// devices are stacked and however often a bio is split.
+///
+/// Reads and writes bound for a device with a `maxRunBytes` wait on the thread's plug
+/// (BioList+Plug) until the list runs dry, so the pieces of a split bio that are adjacent on
+/// the device start as one I/O.
 public final class BioList {
     private var queueHead: Bio?
     private var producedHead: Bio?
@@ -13,6 +17,11 @@ public final class BioList {
     private var active = false
     /// Set by `Bio.acceptPartial` during a target's map.
     var acceptedSectors: UInt64 = 0
+
+    // The plug: bios held back, in the order they reached it.
+    var pluggedHead: Bio?
+    var pluggedTail: Bio?
+    var unplugging = false
 
     /// Submits `bio` to `bio.device`.
     public static func submit(_ bio: Bio) {
@@ -39,10 +48,19 @@ public final class BioList {
                 producedHead = nil
                 producedTail = nil
             }
-            guard let bio = queueHead else { return }
+            guard let bio = queueHead else {
+                guard pluggedHead != nil else { return }
+                unplug()
+                continue
+            }
             queueHead = bio.next
             bio.next = nil
-            bio.device!.submitBio(bio)
+            let device = bio.device!
+            if bio.op.carriesData && bio.byteCount < device.maxRunBytes {
+                plug(bio)
+            } else {
+                device.submitBio(bio)
+            }
         }
     }
 

@@ -4,7 +4,14 @@ import Synchronization
 /// any load: when the pool is empty a caller either fails (`.noWait`) or blocks until a clone
 /// comes back (`.wait`).
 public final class BioSet: @unchecked Sendable {
-    public enum Mode: Sendable { case noWait, wait }
+    public enum Mode: Sendable {
+        case noWait
+        /// Start this thread's plugged bios first, then wait.
+        case wait
+        /// Wait with bios still on the plug. Can wait for clones only this thread would
+        /// release: for the naive policy (tests only).
+        case waitHoldingPlug
+    }
 
     /// How a bio that needs several clones at once takes them.
     public enum ManyPolicy: Sendable {
@@ -12,7 +19,8 @@ public final class BioSet: @unchecked Sendable {
         /// mutex and take all waiting. Only the mutex holder can hold a partial set, so two
         /// threads can never each hold part of what the other needs.
         case noWaitThenMutex
-        /// Take them one by one, waiting on each. Deadlocks under exhaustion: tests only.
+        /// No discipline: take them one by one, waiting on each, and wait with bios still on
+        /// the plug. Deadlocks under exhaustion: tests only.
         case naive
     }
 
@@ -43,7 +51,13 @@ public final class BioSet: @unchecked Sendable {
     public func allocate(_ mode: Mode) -> Bio? {
         lock.lock()
         defer { lock.unlock() }
-        if mode == .wait {
+        if mode != .noWait && freeHead == nil {
+            if mode == .wait {
+                // Clones held on this thread's plug may be the ones it would wait for.
+                lock.unlock()
+                BioList.unplugCurrent()
+                lock.lock()
+            }
             while freeHead == nil { lock.wait() }
         }
         guard let bio = freeHead else { return nil }
@@ -59,9 +73,11 @@ public final class BioSet: @unchecked Sendable {
         if count == 1 { return allocate(.wait)! }
         switch policy {
         case .naive:
-            return take(count, mode: .wait)!
+            return take(count, mode: .waitHoldingPlug)!
         case .noWaitThenMutex:
             if let chain = take(count, mode: .noWait) { return chain }
+            // The mutex holder may be waiting for clones held on this thread's plug.
+            BioList.unplugCurrent()
             return allocationMutex.withLock { _ in take(count, mode: .wait)! }
         }
     }

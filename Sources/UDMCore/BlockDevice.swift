@@ -9,6 +9,19 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// Start the bio. Called only from a `BioList` submission loop; the device ends the bio
     /// (now or later, on any thread) and may submit further bios, which queue behind this call.
     func submitBio(_ bio: Bio)
+    /// The most bytes of adjacent reads or writes the device starts in one `submitRun`; 0
+    /// (the default) if it takes bios one by one and they should not be held on the plug.
+    var maxRunBytes: Int { get }
+    /// Start a run of adjacent bios gathered by the plug, as one I/O where the device can.
+    func submitRun(_ run: BioRun)
+}
+
+extension BlockDevice {
+    public var maxRunBytes: Int { 0 }
+
+    public func submitRun(_ run: BioRun) {
+        for bio in run { submitBio(bio) }
+    }
 }
 
 public let sectorSize = 512

@@ -1,10 +1,12 @@
 /// The split/clone/map pipeline (dm: dm_submit_bio, __split_and_process_bio, __map_bio,
 /// __send_duplicate_bios, dm_io_dec_pending).
 ///
-/// An original bio is taken one piece at a time: the piece ends at the target's end and, for
-/// reads and writes, at the target's next `maxIOLength` boundary. The piece is cloned and
-/// mapped; if anything is left, the original goes back on this thread's `BioList` behind what
-/// the piece produced (dm since 4.16), so splitting never recurses. The original holds one
+/// An original bio is cut into pieces: a piece ends at the target's end and, for reads and
+/// writes, at the target's next `maxIOLength` boundary. Each piece is cloned and mapped; a
+/// pass maps as many read/write pieces as the pool spares without waiting (discards and
+/// write-zeroes: one target's duplicates). If anything is left, the original goes back on
+/// this thread's `BioList` behind what the pass produced (dm since 4.16), so splitting never
+/// recurses. The original holds one
 /// reference for itself while it is being split and one per clone; the last to drop ends it,
 /// with the first error any clone reported. A flush (or the PREFLUSH of a write) is sent the
 /// same way, one target per pass, before any data.
@@ -34,42 +36,68 @@ extension MappedDevice {
     }
 
     private func processNextPiece(of bio: Bio, table: Table) {
-        guard bio.remainingSectors > 0 else {
-            bio.dropReference()
-            return
-        }
-        let sector = bio.nextSector
-        guard sector < table.sectors else {
-            bio.childEnded(.ioError)
-            return
-        }
-        bio.pieces &+= 1
-        let entry = table.entries[table.entryIndex(for: sector)]
-        let target = entry.target
-        var length = min(bio.remainingSectors, entry.end - sector)
         if bio.op.carriesData {
-            let maxIO = target.maxIOLength
-            if maxIO > 0 {
-                length = min(length, maxIO - (sector - entry.begin) % maxIO)
+            mapPieces(of: bio, table: table)
+        } else if bio.remainingSectors > 0 {
+            let sector = bio.nextSector
+            guard sector < table.sectors else {
+                bio.childEnded(.ioError)
+                return
             }
-            let clone = table.bioSet.allocate(.wait)!
-            prepare(clone, of: bio, sector: sector, sectors: length, index: 0)
-            let list = BioList.current
-            list.acceptedSectors = length
-            map(clone, by: target)
-            length = list.acceptedSectors
-        } else {
-            let count = bio.op == .discard ? target.discardBios : target.writeZeroesBios
-            sendDuplicates(count, of: bio, to: target, table: table, sector: sector, sectors: length)
+            bio.pieces &+= 1
+            let entry = table.entries[table.entryIndex(for: sector)]
+            let length = min(bio.remainingSectors, entry.end - sector)
+            let count = bio.op == .discard ? entry.target.discardBios : entry.target.writeZeroesBios
+            sendDuplicates(count, of: bio, to: entry.target, table: table, sector: sector, sectors: length)
+            advance(bio, by: length)
         }
-        bio.nextSector += length
-        bio.remainingSectors -= length
-        bio.bufferOffset += Int(length) << 9
         if bio.remainingSectors > 0 {
             bio.submit(to: self)
         } else {
             bio.dropReference()
         }
+    }
+
+    /// Cuts and maps the next pieces of a read or write. The first clone may wait for the
+    /// pool; at that point this thread holds none of this device's clones (what the previous
+    /// pass produced has run). Further pieces are taken only while the pool has clones to
+    /// spare, so a pass never waits while holding clones, and the pieces that land next to
+    /// each other on a lower device sit together on the BioList where it can merge them.
+    private func mapPieces(of bio: Bio, table: Table) {
+        let limit = max(1, table.bioSet.capacity / 4)
+        var taken = 0
+        while bio.remainingSectors > 0 && taken < limit {
+            let sector = bio.nextSector
+            guard sector < table.sectors else {
+                // Past the end: the rest fails, what was mapped goes on.
+                _ = bio.firstError.compareExchange(expected: 0, desired: BioStatus.ioError.errno, ordering: .relaxed)
+                bio.remainingSectors = 0
+                return
+            }
+            let wait: BioSet.Mode = manyPolicy == .naive ? .waitHoldingPlug : .wait
+            guard let clone = table.bioSet.allocate(taken == 0 ? wait : .noWait) else { return }
+            taken += 1
+            bio.pieces &+= 1
+            let entry = table.entries[table.entryIndex(for: sector)]
+            let target = entry.target
+            var length = min(bio.remainingSectors, entry.end - sector)
+            let maxIO = target.maxIOLength
+            if maxIO > 0 {
+                length = min(length, maxIO - (sector - entry.begin) % maxIO)
+            }
+            prepare(clone, of: bio, sector: sector, sectors: length, index: 0)
+            let list = BioList.current
+            list.acceptedSectors = length
+            map(clone, by: target)
+            advance(bio, by: list.acceptedSectors)
+        }
+    }
+
+    @inline(__always)
+    private func advance(_ bio: Bio, by sectors: UInt64) {
+        bio.nextSector += sectors
+        bio.remainingSectors -= sectors
+        bio.bufferOffset += Int(sectors) << 9
     }
 
     /// Sends one target its `flushBios` empty flushes (for a flush, or ahead of a PREFLUSH

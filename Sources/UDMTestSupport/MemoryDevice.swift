@@ -24,12 +24,16 @@ public final class MemoryDevice: BlockDevice, @unchecked Sendable {
     private let failing = Mutex<[ClosedRange<UInt64>: BioStatus]>([:])
 
     private let recording: Bool
+    private let runLog = Mutex<[Seen]>([])
+    public let maxRunBytes: Int
 
     /// `recording: false` keeps no log (for stress tests that issue millions of bios).
-    public init(name: String = "mem", sectors: UInt64, recording: Bool = true) {
+    /// `maxRunBytes` > 0: reads and writes wait on the plug and arrive in runs (`runs`).
+    public init(name: String = "mem", sectors: UInt64, recording: Bool = true, maxRunBytes: Int = 0) {
         self.name = name
         self.sectors = sectors
         self.recording = recording
+        self.maxRunBytes = maxRunBytes
         bytes = .allocate(byteCount: Int(sectors) << 9, alignment: 4096)
         bytes.initializeMemory(as: UInt8.self, repeating: 0, count: Int(sectors) << 9)
     }
@@ -39,6 +43,16 @@ public final class MemoryDevice: BlockDevice, @unchecked Sendable {
     /// Bios seen so far, in arrival order.
     public var seen: [Seen] { log.withLock { $0 } }
     public func clearLog() { log.withLock { $0.removeAll() } }
+    /// Runs handed over by the plug, each as one op over the sectors it covers.
+    public var runs: [Seen] { runLog.withLock { $0 } }
+
+    public func submitRun(_ run: BioRun) {
+        if recording {
+            let sectors = UInt64(run.bytes >> 9)
+            runLog.withLock { $0.append(Seen(op: run.op, sector: run.sector, sectors: sectors)) }
+        }
+        for bio in run { submitBio(bio) }
+    }
 
     /// I/O touching `range` ends with `status`.
     public func fail(_ range: ClosedRange<UInt64>, with status: BioStatus = .ioError) {
