@@ -18,7 +18,7 @@ import sys
 JOBS = ["randread4k", "randwrite4k", "seqread1m", "seqwrite1m", "lat4k"]
 THROUGHPUT_JOBS = ["randread4k", "randwrite4k", "seqread1m", "seqwrite1m"]
 SUBJECTS = ["raw", "loop", "udm-linear", "udm-linear-loop", "udm-striped", "udm-snap",
-            "udm-snap-fw", "qsd", "qsd-loop", "qsd-qcow2-fw"]
+            "udm-snap-fw", "udm-snap-fw-sparse", "qsd", "qsd-loop", "qsd-qcow2-fw"]
 DESCRIPTION = {
     "raw": "the image file itself (the limit)",
     "loop": "kernel loop device over the image (--direct-io=on)",
@@ -26,7 +26,8 @@ DESCRIPTION = {
     "udm-linear-loop": "loop device (--direct-io=on) over the udm linear disk's file",
     "udm-striped": "udm striped disk over two images",
     "udm-snap": "udm snapshot-origin with one snapshot, steady state (every chunk copied once)",
-    "udm-snap-fw": "udm snapshot-origin, fresh snapshot per run (first writes copy chunks)",
+    "udm-snap-fw": "udm snapshot-origin, fresh snapshot per run (first writes copy chunks), preallocated COW file",
+    "udm-snap-fw-sparse": "the same with a sparse COW file (each first copy allocates file-system blocks)",
     "qsd": "qemu-storage-daemon FUSE export of the image (driver=file, cache.direct=on)",
     "qsd-loop": "loop device (--direct-io=on) over the qsd export",
     "qsd-qcow2-fw": "qsd FUSE export of a fresh qcow2 overlay over the image (per run)",
@@ -40,6 +41,7 @@ TARGETS = [
     ("udm-striped", "udm-linear", THROUGHPUT_JOBS, 0.95, "striped (2 images) >= 0.95x linear"),
     ("udm-snap", "udm-linear", THROUGHPUT_JOBS, 0.9, "snapshot steady state >= 0.9x linear"),
     ("udm-snap-fw", "qsd-qcow2-fw", ["randwrite4k"], 2.0, "snapshot first-write randwrite >= 2x qcow2 overlay"),
+    ("udm-snap-fw-sparse", "qsd-qcow2-fw", ["randwrite4k"], 2.0, "(sparse COW) first-write randwrite vs qcow2 overlay"),
     ("udm-linear-loop", "udm-linear", THROUGHPUT_JOBS, 0.9, "udm through a loop device >= 0.9x without"),
     ("qsd-loop", "qsd", THROUGHPUT_JOBS, 0.9, "(peer) qsd through a loop device vs without"),
 ]

@@ -30,14 +30,18 @@ public struct ControlRequest: Codable, Sendable {
         public var chunkSize: UInt64
         public var transient: Bool
         public var overflow: Bool
+        /// Write zeros over a new COW file, so its blocks exist before the first copy.
+        public var preallocate: Bool?
 
-        public init(origin: String, cow: String, size: UInt64?, chunkSize: UInt64, transient: Bool, overflow: Bool) {
+        public init(origin: String, cow: String, size: UInt64?, chunkSize: UInt64, transient: Bool, overflow: Bool,
+                    preallocate: Bool = false) {
             self.origin = origin
             self.cow = cow
             self.size = size
             self.chunkSize = chunkSize
             self.transient = transient
             self.overflow = overflow
+            self.preallocate = preallocate
         }
     }
 

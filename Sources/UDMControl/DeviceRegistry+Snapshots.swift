@@ -71,11 +71,15 @@ extension DeviceRegistry {
         }
     }
 
-    /// Creates the COW file if it does not exist (sparse, so a fresh store); returns whether it did.
+    /// Creates the COW file if it does not exist (sparse, or written with zeros if asked: either
+    /// way a fresh store); returns whether it did.
     private func makeCowFile(_ request: ControlRequest.SnapshotOptions, originSectors: UInt64) throws -> Bool {
         if FileManager.default.fileExists(atPath: request.cow) {
             if request.size != nil {
                 throw ControlError("COW file \(request.cow) already exists; leave out --size to use it as it is")
+            }
+            if request.preallocate == true {
+                throw ControlError("COW file \(request.cow) already exists; --preallocate is for a new file")
             }
             return false
         }
@@ -101,7 +105,31 @@ extension DeviceRegistry {
             unlink(request.cow)
             throw ControlError("cannot size COW file \(request.cow): \(String(cString: strerror(error)))")
         }
+        if request.preallocate == true, let error = writeZeros(fd: fd, bytes: bytes) {
+            unlink(request.cow)
+            throw ControlError("cannot preallocate COW file \(request.cow): \(String(cString: strerror(error)))")
+        }
         return true
+    }
+
+    /// Writes zeros over `bytes` of a new file (so the file system allocates every block now)
+    /// and makes them durable; returns errno on failure.
+    private func writeZeros(fd: Int32, bytes: UInt64) -> Int32? {
+        let piece = 1 << 20
+        let zeros = UnsafeMutableRawPointer.allocate(byteCount: piece, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0, count: piece)
+        var done: UInt64 = 0
+        while done < bytes {
+            let count = Int(min(UInt64(piece), bytes - done))
+            let written = pwrite(fd, zeros, count, off_t(done))
+            if written < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            done += UInt64(written)
+        }
+        return fdatasync(fd) == 0 ? nil : errno
     }
 
     /// Removes a snapshot disk; when it was the origin's last, reloads the origin with its real

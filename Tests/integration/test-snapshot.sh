@@ -117,4 +117,21 @@ disk_listed origin-real && fail "origin-real still there"
 [[ -f $IMG/snap1.cow ]] || fail "the COW file was deleted"
 read_at "$ORIGIN" 0 $((SECTORS * 512)) direct | sha256sum | cmp -s - "$WORK/origin.sha" ||
     fail "the origin changed when its snapshot was removed"
+
+log "--preallocate writes the new COW file's blocks; refused for an existing file"
+expect_udm_error "$WORK/prealloc.err" snapshot create origin snap3 --cow "$IMG/snap1.cow" --preallocate
+grep -q "already exists; --preallocate is for a new file" "$WORK/prealloc.err" ||
+    fail "unexpected error: $(cat "$WORK/prealloc.err")"
+disk_listed snap3 && fail "a refused snapshot create left snap3"
+expect_table origin "0 $SECTORS linear $O_IMG 0"
+udm_ok snapshot create origin snap3 --cow "$IMG/snap3.cow" --preallocate --chunk-size 16
+size=$(stat -c %s "$IMG/snap3.cow")
+allocated=$(($(stat -c %b "$IMG/snap3.cow") * $(stat -c %B "$IMG/snap3.cow")))
+((allocated >= size)) || fail "preallocated COW file has $allocated of $size bytes allocated"
+make_pattern "$WORK/p3" $((64 * 1024)) 33
+read_at "$ORIGIN" $((8 * 1024 * 1024)) $((64 * 1024)) direct >"$WORK/p3.before"
+write_at "$WORK/p3" 0 "$ORIGIN" $((8 * 1024 * 1024)) $((64 * 1024)) direct
+read_at "$(disk_file snap3)" $((8 * 1024 * 1024)) $((64 * 1024)) direct >"$WORK/p3.snap"
+expect_same "$WORK/p3.before" 0 "$WORK/p3.snap" 0 $((64 * 1024)) "snap3 keeps the chunk the origin overwrote"
+udm_ok snapshot remove snap3
 stop_daemon
