@@ -103,6 +103,9 @@ final class PendingException: @unchecked Sendable {
     /// Origin-side work waiting for this copy (an origin write to retry, a merge step).
     var waiters: [@Sendable () -> Void] = []
     var snapshotBios: [Bio] = []
+    /// A snapshot write of the whole chunk that is the exception's data (no copy); it ends
+    /// when the exception is committed.
+    var fullChunkWrite: Bio?
 
     init(old: UInt64, new: UInt64, snapshot: SnapshotTarget) {
         self.old = old

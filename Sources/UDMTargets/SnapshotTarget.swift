@@ -7,7 +7,8 @@ import UDMExceptionStore
 /// A read of a chunk with an exception comes from the COW device, any other from the origin
 /// (tracked until it ends, so the origin chunk is not overwritten under it). A write to a
 /// chunk without an exception first copies the origin chunk to a new COW chunk, commits the
-/// exception, then goes to the COW device. The origin's writes trigger the same copies (see
+/// exception, then goes to the COW device; a write of the whole chunk skips the copy: it is
+/// written to the new COW chunk itself and ends once the exception is committed (as in dm). The origin's writes trigger the same copies (see
 /// `Origin`). Store `P` is persistent (the kernel's format), `PO` persistent with overflow
 /// (a snapshot write that finds the COW full fails, the snapshot stays readable), `N`
 /// transient. A full COW otherwise invalidates the snapshot: its I/O fails, the origin goes on.
@@ -113,12 +114,32 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
                 exception = PendingException(old: chunk, new: new, snapshot: self)
                 pending[chunk] = exception
                 started = exception
+                if bio.sectors == chunkSize {
+                    exception.fullChunkWrite = bio
+                    return .submitted
+                }
             }
             exception.snapshotBios.append(bio)
             return .submitted
         }
-        if let started { startCopy(started) }
+        if let started {
+            if let bio = started.fullChunkWrite {
+                writeWholeChunk(started, from: bio)
+            } else {
+                startCopy(started)
+            }
+        }
         return result
+    }
+
+    /// A write covering the whole chunk is the exception's data: it goes to the new COW chunk
+    /// (on a copy-engine thread, which then commits) instead of a copy of the origin chunk.
+    private func writeWholeChunk(_ exception: PendingException, from bio: Bio) {
+        copyEngine.perform { [self] in
+            let write = Bio(op: .write, sector: exception.new << chunkShift, sectors: chunkSize,
+                            buffer: bio.buffer, flags: bio.flags)
+            copied(exception, status: BioWaiter().run(write, on: cow))
+        }
     }
 
     /// A snapshot read of the origin: counted until it ends, so that an exception for the
@@ -164,13 +185,16 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         let start = exception.old << chunkShift
         let sectors = min(chunkSize, originDevice.sectors - start)
         copyEngine.copy(from: originDevice, sector: start, to: [.init(cow, sector: exception.new << chunkShift)],
-                        sectors: sectors) { [self] status in
-            if status.isOK {
-                store.commit(old: exception.old, new: exception.new) { [self] ok in committed(exception, ok: ok) }
-            } else {
-                store.abandon(exception.new)
-                committed(exception, ok: false)
-            }
+                        sectors: sectors) { [self] status in copied(exception, status: status) }
+    }
+
+    /// On a copy-engine thread: the exception's chunk is on the COW device (or failed to get there).
+    private func copied(_ exception: PendingException, status: BioStatus) {
+        if status.isOK {
+            store.commit(old: exception.old, new: exception.new) { [self] ok in committed(exception, ok: ok) }
+        } else {
+            store.abandon(exception.new)
+            committed(exception, ok: false)
         }
     }
 
@@ -190,6 +214,8 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
             }
             return (exception.snapshotBios, exception.waiters)
         }
+        exception.fullChunkWrite?.end(ok ? .ok : .ioError)
+        exception.fullChunkWrite = nil
         for bio in snapshotBios {
             if ok {
                 bio.sector = (exception.new << chunkShift) | (bio.sector & (chunkSize - 1))

@@ -48,6 +48,41 @@ final class SnapshotTests: XCTestCase {
         XCTAssertEqual(read(origin, sector: 100), 1)
     }
 
+    func testAWholeChunkSnapshotWriteSkipsTheCopy() throws {
+        let real = MemoryDevice(name: "real", sectors: 1024)
+        let cow = MemoryDevice(name: "cow", sectors: 2048)
+        real.fill(1, at: 0, count: 1024 * 512)
+        func device(_ text: String) throws -> MappedDevice {
+            let device = MappedDevice(name: "d")
+            device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
+                                  resolver: NamedResolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
+            try device.resume()
+            return device
+        }
+        _ = try device("0 1024 snapshot-origin real")
+        let snapshot = try device("0 1024 snapshot real cow P 8")
+        real.clearLog()
+        cow.clearLog()
+        XCTAssertEqual(write(snapshot, sector: 16, sectors: 16, value: 4), .ok, "chunks 2 and 3, whole")
+        XCTAssertEqual(real.seen, [], "nothing read from the origin")
+        XCTAssertEqual(cow.seen.filter { $0.op == .read }, [])
+        XCTAssertEqual(cow.byte(at: 2 * 8 * 512), 4, "chunk 2 went to the first data chunk")
+        XCTAssertEqual(cow.byte(at: 4 * 8 * 512 - 1), 4, "chunk 3 to the second")
+        XCTAssertEqual([15, 16, 31, 32].map { read(snapshot, sector: $0) }, [1, 4, 4, 1])
+        XCTAssertEqual(read(real, sector: 16), 1, "the origin keeps its data")
+        XCTAssertEqual(snapshot.live?.lines(.info), ["0 1024 snapshot \((2 + 2) * 8)/2048 16"])
+
+        real.clearLog()
+        XCTAssertEqual(write(snapshot, sector: 40, sectors: 7, value: 5), .ok, "part of chunk 5")
+        XCTAssertEqual(real.seen, [.init(op: .read, sector: 40, sectors: 8)], "a partial write copies the chunk first")
+        XCTAssertEqual([40, 46, 47].map { read(snapshot, sector: $0) }, [5, 5, 1])
+
+        snapshot.suspend()
+        let reloaded = try device("0 1024 snapshot real cow P 8")
+        XCTAssertEqual([15, 16, 31, 32, 47].map { read(reloaded, sector: $0) }, [1, 4, 4, 1, 1],
+                       "the whole-chunk exceptions were committed")
+    }
+
     func testMergeBringsTheSnapshotsContentBackToTheOrigin() throws {
         real.fill(1, at: 0, count: 1024 * 512)
         let origin = try device("0 1024 snapshot-origin real")
