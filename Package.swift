@@ -32,5 +32,6 @@ let package = Package(
         .testTarget(name: "UDMCoreTests", dependencies: ["UDMCore", "UDMTargets", "UDMTestSupport"]),
         .testTarget(name: "UDMExceptionStoreTests", dependencies: ["UDMCore", "UDMExceptionStore", "UDMTestSupport"]),
         .testTarget(name: "UDMTargetsTests", dependencies: ["UDMCore", "UDMExceptionStore", "UDMTargets", "UDMTestSupport"]),
+        .testTarget(name: "UDMBackendsTests", dependencies: ["UDMCore", "UDMBackends", "UDMTargets", "UDMTestSupport"]),
     ]
 )
