@@ -52,6 +52,14 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         storeType = parsed.storeType
         originDevice = parsed.origin
         cow = parsed.cow
+        let origin = OriginRegistry.of(context.services).origin(for: parsed.origin)
+        self.origin = origin
+        // Two live snapshots over one COW would both write its metadata. dm hands the
+        // exceptions over to a reloaded table; udm does not, so it refuses.
+        let cowPath = cow.name
+        if origin.lock.withLock({ origin.snapshots.contains { $0.cow.name == cowPath } }) {
+            throw TargetError("COW device \(cowName) is in use by a live snapshot; remove that snapshot first (a snapshot's table cannot be reloaded over its own COW)", argument: 2)
+        }
         let chunk = parsed.chunkSize
         store = storeType == "N" ? TransientStore(cow: cow, chunkSize: chunk) : PersistentStore(cow: cow, chunkSize: chunk)
         var found: [UInt64: UInt64] = [:]
@@ -63,7 +71,6 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         completed = found
         chunkSize = store.chunkSize
         chunkShift = UInt64(chunkSize.trailingZeroBitCount)
-        origin = OriginRegistry.of(context.services).origin(for: originDevice)
         copyEngine = context.services.copyEngine
     }
 

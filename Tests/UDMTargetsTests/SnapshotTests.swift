@@ -60,7 +60,7 @@ final class SnapshotTests: XCTestCase {
             return device
         }
         _ = try device("0 1024 snapshot-origin real")
-        let snapshot = try device("0 1024 snapshot real cow P 8")
+        var snapshot = try device("0 1024 snapshot real cow P 8")
         real.clearLog()
         cow.clearLog()
         XCTAssertEqual(write(snapshot, sector: 16, sectors: 16, value: 4), .ok, "chunks 2 and 3, whole")
@@ -77,7 +77,11 @@ final class SnapshotTests: XCTestCase {
         XCTAssertEqual(real.seen, [.init(op: .read, sector: 40, sectors: 8)], "a partial write copies the chunk first")
         XCTAssertEqual([40, 46, 47].map { read(snapshot, sector: $0) }, [5, 5, 1])
 
+        XCTAssertThrowsError(try device("0 1024 snapshot real cow P 8"), "a second live snapshot over the same COW") {
+            XCTAssertTrue("\($0)".contains("COW device cow is in use by a live snapshot"), "\($0)")
+        }
         snapshot.suspend()
+        snapshot = try device("0 1024 zero")
         let reloaded = try device("0 1024 snapshot real cow P 8")
         XCTAssertEqual([15, 16, 31, 32, 47].map { read(reloaded, sector: $0) }, [1, 4, 4, 1, 1],
                        "the whole-chunk exceptions were committed")
