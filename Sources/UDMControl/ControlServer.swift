@@ -3,7 +3,9 @@ import Glibc
 import Synchronization
 
 /// Accepts control connections on the Unix socket, one thread per connection, and answers
-/// each request through `handle`. Only root or the daemon's own user may talk to it.
+/// each request through `handle`. Only root or the daemon's own user may talk to it. At most
+/// `maxConnections` are served at once (each gives up on a silent client after 10 s); one
+/// more is told the daemon is busy, so idle clients cannot pile up threads without bound.
 final class ControlServer: @unchecked Sendable {
     private let listenFD: Int32
     private let path: String
@@ -11,6 +13,8 @@ final class ControlServer: @unchecked Sendable {
     /// Requests read and not yet answered; stop waits for them (the shutdown request among
     /// them must get its answer before the process exits).
     private let unanswered = Mutex(0)
+    private let connections = Mutex(0)
+    static let maxConnections = 128
 
     init(path: String, handle: @escaping @Sendable (ControlRequest) -> ControlResponse) throws {
         self.path = path
@@ -40,7 +44,21 @@ final class ControlServer: @unchecked Sendable {
                 return
             }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            Thread.detachNewThread { [self] in serve(fd) }
+            let admitted = connections.withLock { open in
+                guard open < Self.maxConnections else { return false }
+                open += 1
+                return true
+            }
+            guard admitted else {
+                let busy = ControlResponse.failure("busy: \(Self.maxConnections) control connections are open; try again")
+                UnixSocket.writeAll(fd, ControlCoding.encode(busy))
+                close(fd)
+                continue
+            }
+            Thread.detachNewThread { [self] in
+                serve(fd)
+                connections.withLock { $0 -= 1 }
+            }
         }
     }
 

@@ -103,6 +103,28 @@ wait "$HELD" || fail "the half-request client failed"
 grep -q '"ok":false' "$WORK/held.out" || fail "no error answer to a half request: $(cat "$WORK/held.out")"
 log "half request answered after $(cut -d' ' -f1 "$WORK/held.out") s"
 
+log "idle clients are capped at 128 connections; one more is told the daemon is busy"
+python3 - "$SOCK" "$WORK/cap.out" <<'EOF' || fail "connection cap: $(cat "$WORK/cap.out")"
+import socket, sys, time
+held = []
+for _ in range(128):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    held.append(s)
+time.sleep(0.5)
+extra = socket.socket(socket.AF_UNIX)
+extra.connect(sys.argv[1])
+extra.sendall(b'{"verb": "ls"}\n')
+extra.settimeout(5)
+answer = extra.recv(65536).decode()
+for s in held:
+    s.close()
+open(sys.argv[2], "w").write(answer)
+sys.exit(0 if '"ok":false' in answer and "busy" in answer else 1)
+EOF
+for i in 1 2 3 4 5 6 7 8 9 10; do disk_listed keep && break; sleep 0.5; done
+disk_listed keep || fail "udm ls does not answer after the idle clients left"
+
 log "50 clients creating, reloading and removing disks at once"
 A=$(make_image a.img 4M)
 # client I: creates cI, reloads it three times (load + resume, with reads checking the size),
