@@ -5,8 +5,9 @@ import UDMCore
 /// A `BlockDevice` over an image file or a host block device: the bottom of every stack.
 ///
 /// I/O runs synchronously on the submitting thread, straight between the bio's buffer and the
-/// file: read = pread, write = pwrite (a run of adjacent ones from the plug: preadv/pwritev) (PREFLUSH adds an fdatasync before, FUA one after), flush = fdatasync, discard =
-/// punch hole, write-zeroes = zero range (with a fallback to writing zeros).
+/// file: read = pread, write = pwrite (PREFLUSH adds an fdatasync before, FUA one after), a
+/// run of adjacent reads or writes from the plug = one preadv/pwritev, flush = fdatasync,
+/// discard = punch hole, write-zeroes = zero range (with a fallback to writing zeros).
 ///
 /// With direct I/O (the default where the file accepts O_DIRECT) the host page cache is
 /// bypassed: the data is not cached twice (once under the image, once above the loop device),
@@ -92,6 +93,13 @@ public final class ImageFile: BlockDevice, @unchecked Sendable {
                                mode: udm_falloc_zero_range | udm_falloc_keep_size)
         }
         bio.end(result < 0 ? BioStatus(errno: Int32(-result)) : .ok)
+    }
+
+    /// Writes zeros over the first `bytes` of an open file, so the file system allocates every
+    /// block now (a thick image, like an LV), and makes them durable. Returns 0 or -errno.
+    public static func fillWithZeros(fd: Int32, bytes: Int) -> Int {
+        let result = BounceBuffer.current.writeZeros(fd: fd, count: bytes, offset: 0)
+        return result == 0 ? SystemCall.retrying { Int(fdatasync(fd)) } : result
     }
 
     /// Runs of adjacent pieces are gathered up to what the bounce buffer holds.

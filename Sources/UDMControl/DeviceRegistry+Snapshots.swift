@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import UDMBackends
 import UDMCore
 
 /// Snapshots the LVM way (lvcreate -s, lvremove): the origin's table moves to a hidden
@@ -105,31 +106,14 @@ extension DeviceRegistry {
             unlink(request.cow)
             throw ControlError("cannot size COW file \(request.cow): \(String(cString: strerror(error)))")
         }
-        if request.preallocate == true, let error = writeZeros(fd: fd, bytes: bytes) {
-            unlink(request.cow)
-            throw ControlError("cannot preallocate COW file \(request.cow): \(String(cString: strerror(error)))")
+        if request.preallocate == true {
+            let result = ImageFile.fillWithZeros(fd: fd, bytes: Int(bytes))
+            guard result == 0 else {
+                unlink(request.cow)
+                throw ControlError("cannot preallocate COW file \(request.cow): \(String(cString: strerror(Int32(-result))))")
+            }
         }
         return true
-    }
-
-    /// Writes zeros over `bytes` of a new file (so the file system allocates every block now)
-    /// and makes them durable; returns errno on failure.
-    private func writeZeros(fd: Int32, bytes: UInt64) -> Int32? {
-        let piece = 1 << 20
-        let zeros = UnsafeMutableRawPointer.allocate(byteCount: piece, alignment: 4096)
-        defer { zeros.deallocate() }
-        zeros.initializeMemory(as: UInt8.self, repeating: 0, count: piece)
-        var done: UInt64 = 0
-        while done < bytes {
-            let count = Int(min(UInt64(piece), bytes - done))
-            let written = pwrite(fd, zeros, count, off_t(done))
-            if written < 0 {
-                if errno == EINTR { continue }
-                return errno
-            }
-            done += UInt64(written)
-        }
-        return fdatasync(fd) == 0 ? nil : errno
     }
 
     /// Removes a snapshot disk; when it was the origin's last, reloads the origin with its real

@@ -6,9 +6,8 @@
 /// pass maps as many read/write pieces as the pool spares without waiting (discards and
 /// write-zeroes: one target's duplicates). If anything is left, the original goes back on
 /// this thread's `BioList` behind what the pass produced (dm since 4.16), so splitting never
-/// recurses. The original holds one
-/// reference for itself while it is being split and one per clone; the last to drop ends it,
-/// with the first error any clone reported. A flush (or the PREFLUSH of a write) is sent the
+/// recurses. The original holds one reference for itself while it is being split and one per
+/// clone; the last to drop ends it, with the first error any clone reported. A flush (or the PREFLUSH of a write) is sent the
 /// same way, one target per pass, before any data.
 extension MappedDevice {
     public func submitBio(_ bio: Bio) {

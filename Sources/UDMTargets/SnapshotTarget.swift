@@ -8,10 +8,10 @@ import UDMExceptionStore
 /// (tracked until it ends, so the origin chunk is not overwritten under it). A write to a
 /// chunk without an exception first copies the origin chunk to a new COW chunk, commits the
 /// exception, then goes to the COW device; a write of the whole chunk skips the copy: it is
-/// written to the new COW chunk itself and ends once the exception is committed (as in dm). The origin's writes trigger the same copies (see
-/// `Origin`). Store `P` is persistent (the kernel's format), `PO` persistent with overflow
-/// (a snapshot write that finds the COW full fails, the snapshot stays readable), `N`
-/// transient. A full COW otherwise invalidates the snapshot: its I/O fails, the origin goes on.
+/// written to the new COW chunk itself and ends once the exception is committed (as in dm).
+/// The origin's writes trigger the same copies (see `Origin`). Store `P` is persistent (the
+/// kernel's format), `PO` persistent with overflow (a snapshot write that finds the COW full
+/// fails, the snapshot stays readable), `N` transient. A full COW otherwise invalidates the snapshot: its I/O fails, the origin goes on.
 /// Chunk size: a power of two up to 2^21 sectors, 0 meaning the header's or 32; a persistent
 /// header's chunk size wins. Table: `<origin> <COW> <P|PO|N> <chunk>`. Status:
 /// `<sectors allocated>/<total sectors> <metadata sectors>`, `Invalid` or `Overflow`.

@@ -5,6 +5,15 @@ import UDMTargets
 import UDMTestSupport
 import XCTest
 
+/// A live device built from `text` over the in-memory devices "real" and "cow".
+private func liveDevice(_ text: String, real: MemoryDevice, cow: MemoryDevice, services: TargetServices) throws -> MappedDevice {
+    let device = MappedDevice(name: "d")
+    device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
+                          resolver: NamedResolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
+    try device.resume()
+    return device
+}
+
 /// Snapshot, origin and merge targets over in-memory devices.
 final class SnapshotTests: XCTestCase {
     let real = MemoryDevice(name: "real", sectors: 1024, recording: false)
@@ -12,11 +21,7 @@ final class SnapshotTests: XCTestCase {
     let services = TargetServices()
 
     private func device(_ text: String) throws -> MappedDevice {
-        let device = MappedDevice(name: "d")
-        device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
-                              resolver: NamedResolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
-        try device.resume()
-        return device
+        try liveDevice(text, real: real, cow: cow, services: services)
     }
 
     private func write(_ device: BlockDevice, sector: UInt64, sectors: UInt64, value: UInt8) -> BioStatus {
@@ -53,11 +58,7 @@ final class SnapshotTests: XCTestCase {
         let cow = MemoryDevice(name: "cow", sectors: 2048)
         real.fill(1, at: 0, count: 1024 * 512)
         func device(_ text: String) throws -> MappedDevice {
-            let device = MappedDevice(name: "d")
-            device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
-                                  resolver: NamedResolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
-            try device.resume()
-            return device
+            try liveDevice(text, real: real, cow: cow, services: services)
         }
         _ = try device("0 1024 snapshot-origin real")
         var snapshot = try device("0 1024 snapshot real cow P 8")
@@ -122,11 +123,7 @@ final class SnapshotMergeAcrossAreasTests: XCTestCase {
         let cow = MemoryDevice(name: "cow", sectors: 16384, recording: false)
         let services = TargetServices()
         func device(_ text: String) throws -> MappedDevice {
-            let device = MappedDevice(name: "d")
-            device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
-                                  resolver: NamedResolver(devices: ["real": real, "cow": cow]), bioSetSize: 4, services: services))
-            try device.resume()
-            return device
+            try liveDevice(text, real: real, cow: cow, services: services)
         }
         real.fill(1, at: 0, count: 8192 * 512)
         let origin = try device("0 8192 snapshot-origin real")
