@@ -48,6 +48,8 @@ public final class Bio: @unchecked Sendable {
     var bufferOffset: Int = 0
     /// The next target to send flushes to, while a flush or PREFLUSH is being sent out.
     var flushingTarget: Int?
+    /// A write whose PREFLUSH is still being sent or has not ended yet: its data waits.
+    var awaitingPreflush = false
     var admittedAt: MappedDevice?
     /// For the device's statistics: when it was admitted, and how many pieces it was cut into.
     var startedAt: UInt64 = 0

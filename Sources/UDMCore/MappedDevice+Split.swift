@@ -7,8 +7,12 @@
 /// write-zeroes: one target's duplicates). If anything is left, the original goes back on
 /// this thread's `BioList` behind what the pass produced (dm since 4.16), so splitting never
 /// recurses. The original holds one reference for itself while it is being split and one per
-/// clone; the last to drop ends it, with the first error any clone reported. A flush (or the PREFLUSH of a write) is sent the
-/// same way, one target per pass, before any data.
+/// clone; the last to drop ends it, with the first error any clone reported. A flush (or the
+/// PREFLUSH of a write) is sent the same way, one target per pass. A write's data starts only
+/// once every flush clone has ended, as in dm: the preflush is a stage of its own, after which
+/// the original, still in flight, goes through again for its data (or fails with the flush's
+/// error, writing nothing). Otherwise a commit block written with PREFLUSH could land before
+/// the data it describes whenever a lower device ends flushes late.
 extension MappedDevice {
     public func submitBio(_ bio: Bio) {
         if !bio.splitting {
@@ -22,6 +26,7 @@ extension MappedDevice {
             bio.remainingSectors = bio.sectors
             bio.bufferOffset = 0
             bio.flushingTarget = bio.op == .flush || bio.flags.contains(.preflush) ? 0 : nil
+            bio.awaitingPreflush = bio.op.carriesData && bio.flushingTarget != nil
         }
         let table = admittedTable
         if let index = bio.flushingTarget, index < table.entries.count {
@@ -31,7 +36,23 @@ extension MappedDevice {
             return
         }
         bio.flushingTarget = nil
+        if bio.awaitingPreflush {
+            // The flush stage ends when its last clone does (preflushEnded).
+            bio.dropReference()
+            return
+        }
         processNextPiece(of: bio, table: table)
+    }
+
+    /// Every flush clone of a PREFLUSH write has ended: send its data through, or fail it.
+    private func preflushEnded(_ bio: Bio) {
+        bio.awaitingPreflush = false
+        if bio.firstError.load(ordering: .relaxed) != 0 {
+            finish(bio)
+            return
+        }
+        bio.pending.store(1, ordering: .relaxed)
+        bio.submit(to: self)
     }
 
     private func processNextPiece(of bio: Bio, table: Table) {
@@ -160,6 +181,14 @@ extension MappedDevice {
     /// The original's last reference is gone: end it, or send it through again if a target
     /// asked for a requeue.
     func originalFinished(_ bio: Bio) {
+        if bio.awaitingPreflush && !bio.requeueRequested.load(ordering: .relaxed) {
+            preflushEnded(bio)
+            return
+        }
+        finish(bio)
+    }
+
+    private func finish(_ bio: Bio) {
         bio.splitting = false
         bio.admittedAt = nil
         leaveInFlight()
