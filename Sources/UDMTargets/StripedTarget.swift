@@ -8,7 +8,7 @@ import UDMCore
 /// (any size, a shift when it is a power of two); target length divisible by the stripe count
 /// and length/stripes divisible by the chunk size.
 /// Table: `<#stripes> <chunk> <dev> <offset>…`. Status: `<#stripes> <dev>… 1 <A|D per stripe>`,
-/// D once a stripe has reported an I/O error.
+/// D once a stripe's device has reported an I/O error (on any stripe that uses it).
 /// Reads and writes are cut at chunk boundaries. A flush goes to every stripe device; a discard
 /// or write-zeroes becomes one clone per stripe covering exactly that stripe's share of the range.
 public final class StripedTarget: Target {
@@ -121,10 +121,15 @@ public final class StripedTarget: Target {
         }
     }
 
+    /// An error counts against the device, as dm counts it: every stripe on that device is
+    /// marked, since the others share whatever failed.
     public func endIO(_ bio: Bio) {
-        guard !bio.status.isOK, bio.status != .notSupported,
-              let index = stripes.firstIndex(where: { $0.device === bio.device }) else { return }
-        errors.withLock { $0[index] += 1 }
+        guard !bio.status.isOK, bio.status != .notSupported, let failed = bio.device else { return }
+        errors.withLock { errors in
+            for (index, stripe) in stripes.enumerated() where stripe.device === failed {
+                errors[index] += 1
+            }
+        }
     }
 
     public func status(_ kind: StatusKind) -> String {

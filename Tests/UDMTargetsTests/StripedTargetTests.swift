@@ -99,4 +99,16 @@ final class StripedTargetTests: XCTestCase {
         XCTAssertEqual(BioWaiter().run(Bio(op: .read, sector: 0, sectors: 64, buffer: data), on: device), .ioError)
         XCTAssertEqual(device.live?.lines(.info), ["0 64 striped 4 /s0 /s1 /s2 /s3 1 AADA"])
     }
+
+    /// dm counts errors per device: a stripe that shares the failing device is marked too,
+    /// though the failed I/O went through another stripe.
+    func testAnErrorMarksEveryStripeOnThatDevice() throws {
+        images[1].fail(0...10)
+        let device = try striped("0 64 striped 4 8 /s0 0 /s1 0 /s2 0 /s1 2048")
+        let data = UnsafeMutableRawPointer.allocate(byteCount: 8 * 512, alignment: 4096)
+        defer { data.deallocate() }
+        // Sectors 8..15 are stripe 1's first chunk: /s1 sectors 0..7.
+        XCTAssertEqual(BioWaiter().run(Bio(op: .read, sector: 8, sectors: 8, buffer: data), on: device), .ioError)
+        XCTAssertEqual(device.live?.lines(.info), ["0 64 striped 4 /s0 /s1 /s2 /s1 1 ADAD"])
+    }
 }
