@@ -42,6 +42,7 @@ public final class Daemon: @unchecked Sendable {
 
         var fuseOptions = FuseFileSystem.Options()
         fuseOptions.allowOther = config.allowOther
+        fuseOptions.queueDepth = config.queueDepth
         let fuse = try FuseFileSystem(mountPoint: config.mountPoint, options: fuseOptions)
         let registry = DeviceRegistry(config: config, fuse: fuse)
         fuse.start()

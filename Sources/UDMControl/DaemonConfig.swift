@@ -9,6 +9,8 @@ public struct DaemonConfig: Sendable {
     /// Clones per disk: enough for every libfuse worker to have one in flight at each level
     /// of a stack at once, small enough to bound memory.
     public static let defaultBioSetSize = 256
+    /// FUSE requests each disk has in flight at most (more wait in the daemon, in order).
+    public static let defaultQueueDepth = 128
 
     public var mountPoint: String
     public var stateDirectory: String
@@ -16,16 +18,18 @@ public struct DaemonConfig: Sendable {
     public var bioSetSize: Int
     public var directIO: ImageFile.DirectIO
     public var allowOther: Bool
+    public var queueDepth: Int
 
     public init(mountPoint: String = defaultMountPoint, stateDirectory: String = defaultStateDirectory,
                 socketPath: String = defaultSocket, bioSetSize: Int = defaultBioSetSize,
-                directIO: ImageFile.DirectIO = .auto, allowOther: Bool = false) {
+                directIO: ImageFile.DirectIO = .auto, allowOther: Bool = false, queueDepth: Int = defaultQueueDepth) {
         self.mountPoint = mountPoint
         self.stateDirectory = stateDirectory
         self.socketPath = socketPath
         self.bioSetSize = bioSetSize
         self.directIO = directIO
         self.allowOther = allowOther
+        self.queueDepth = queueDepth
     }
 
     /// Target types the daemon builds tables from: name and version, by name.

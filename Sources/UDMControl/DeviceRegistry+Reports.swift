@@ -34,6 +34,10 @@ public enum Reports {
         public var targets: Int
         public var sectors: UInt64
         public var biosetSize: Int
+        /// FUSE requests the disk may have in flight, and those in it and waiting now.
+        public var queueDepth: Int
+        public var requestsActive: Int
+        public var requestsWaiting: Int
         public var file: String
     }
 
@@ -97,6 +101,7 @@ public enum Reports {
                 "Number of targets: \(info.targets)",
                 "Size:              \(info.sectors) sectors",
                 "Bioset size:       \(info.biosetSize)",
+                "Queue depth:       \(info.queueDepth) (\(info.requestsActive) in flight, \(info.requestsWaiting) waiting)",
                 "File:              \(info.file)",
             ].joined(separator: "\n")
         }.joined(separator: "\n\n")
@@ -150,11 +155,13 @@ extension DeviceRegistry {
             try selected(name).map { disk in
                 let device = records[disk]!.device
                 let live = device.live
+                let requests = fuse.requestCounts(name: disk)
                 return Reports.Info(name: disk, state: device.isSuspended ? "SUSPENDED" : "ACTIVE",
                                     liveTable: live != nil, inactiveTable: device.loaded != nil,
                                     openCount: fuse.openCount(name: disk), targets: live?.entries.count ?? 0,
                                     sectors: device.sectors, biosetSize: live?.bioSet.capacity ?? config.bioSetSize,
-                                    file: fuse.path(of: disk))
+                                    queueDepth: fuse.queueDepth, requestsActive: requests.active,
+                                    requestsWaiting: requests.waiting, file: fuse.path(of: disk))
             }
         }
     }

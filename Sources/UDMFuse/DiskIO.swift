@@ -1,9 +1,12 @@
+import CFuse3
 import Glibc
 import UDMCore
 
 /// Byte-addressed file I/O on a disk, turned into sector bios the way a block device would
 /// take them: I/O past the end is short (reads) or ENOSPC (writes); a write that does not
-/// cover whole sectors reads the edge sectors, patches them and writes them back.
+/// cover whole sectors reads the edge sectors, patches them and writes them back. Each call
+/// fills in a pooled `FuseRequest` and queues it on the disk; the reply comes from its
+/// completion. Calls reply at once only when there is nothing to do.
 enum DiskIO {
     /// Target errors become EIO, as a block device reports them; an unsupported operation
     /// stays EOPNOTSUPP so fallocate callers can tell.
@@ -11,61 +14,88 @@ enum DiskIO {
         status == .notSupported ? EOPNOTSUPP : EIO
     }
 
-    /// Reads `count` bytes at `offset` into the worker buffer; returns where they start and
-    /// how many there are (0 at or past the end), or an errno.
-    static func read(_ disk: ExposedDisk, count: Int, offset: Int) -> Result<(UnsafeMutableRawPointer, Int), BioStatus> {
-        let context = WorkerContext.current
+    /// Reads `count` bytes at `offset` (at most max_read, 1 MiB; short at the end).
+    static func read(_ disk: ExposedDisk, _ handle: fuse_req_t?, count: Int, offset: Int) {
         let size = disk.byteSize
-        guard offset < size, count > 0 else { return .success((context.buffer, 0)) }
-        let length = min(count, size - offset, (1 << 20))
-        let first = offset & ~(sectorSize - 1)
-        let end = (offset + length + sectorSize - 1) & ~(sectorSize - 1)
-        let status = context.run(.read, on: disk.device, sector: UInt64(first >> 9),
-                                 sectors: UInt64((end - first) >> 9), buffer: context.buffer)
-        guard status.isOK else { return .failure(status) }
-        return .success((context.buffer + (offset - first), length))
-    }
-
-    /// Writes `count` bytes from `data` at `offset`; returns how many were written.
-    static func write(_ disk: ExposedDisk, data: UnsafeRawPointer, count: Int, offset: Int, flags: BioFlags = []) -> Result<Int, Errno> {
-        let size = disk.byteSize
-        guard count > 0 else { return .success(0) }
-        guard offset < size else { return .failure(Errno(ENOSPC)) }
-        let length = min(count, size - offset)
-        let context = WorkerContext.current
-        let status: BioStatus
-        if offset & (sectorSize - 1) == 0 && length & (sectorSize - 1) == 0 {
-            status = context.run(.write, on: disk.device, sector: UInt64(offset >> 9), sectors: UInt64(length >> 9),
-                                 buffer: UnsafeMutableRawPointer(mutating: data), flags: flags)
-        } else {
-            status = patch(disk, offset: offset, count: length, flags: flags) { $0.copyMemory(from: data, byteCount: length) }
+        guard offset < size, count > 0 else {
+            fuse_reply_buf(handle, nil, 0)
+            return
         }
-        return status.isOK ? .success(length) : .failure(Errno(errno(for: status)))
+        let length = min(count, size - offset, 1 << 20)
+        let (first, end) = covering(offset, length)
+        let request = disk.queue.pool.take(bytes: end - first)
+        request.prepare(handle, disk: disk, reply: .data(offset: offset - first, count: length))
+        request.add(.init(op: .read, sector: UInt64(first >> 9), sectors: UInt64((end - first) >> 9), bufferOffset: 0))
+        disk.queue.submit(request)
     }
 
-    /// Zeroes a byte range: whole sectors with one discard or write-zeroes bio, partial edge
-    /// sectors by read-modify-write.
-    static func zero(_ disk: ExposedDisk, offset: Int, count: Int, op: BioOp) -> Int32 {
+    /// Writes `count` bytes from `data` (libfuse's buffer, copied before this returns).
+    static func write(_ disk: ExposedDisk, _ handle: fuse_req_t?, data: UnsafeRawPointer, count: Int, offset: Int,
+                      flags: BioFlags) {
         let size = disk.byteSize
-        guard offset < size, count > 0 else { return 0 }
+        guard count > 0 else {
+            fuse_reply_write(handle, 0)
+            return
+        }
+        guard offset < size else {
+            fuse_reply_err(handle, ENOSPC)
+            return
+        }
+        let length = min(count, size - offset)
+        let (first, end) = covering(offset, length)
+        let span = end - first
+        let aligned = first == offset && end == offset + length
+        // A partial-sector write keeps a sector of scratch per edge behind the covering sectors.
+        let request = disk.queue.pool.take(bytes: aligned ? span : span + 2 * sectorSize)
+        request.prepare(handle, disk: disk, reply: .written(length))
+        let buffer = request.buffer!
+        (buffer + (offset - first)).copyMemory(from: data, byteCount: length)
+        if !aligned {
+            let head = offset - first
+            if head > 0 {
+                request.add(.init(op: .read, sector: UInt64(first >> 9), sectors: 1, bufferOffset: span,
+                                  patchCount: head, patchSource: span, patchDestination: 0))
+            }
+            let tail = end - (offset + length)
+            if tail > 0 {
+                let scratch = span + sectorSize
+                request.add(.init(op: .read, sector: UInt64((end - sectorSize) >> 9), sectors: 1, bufferOffset: scratch,
+                                  patchCount: tail, patchSource: scratch + sectorSize - tail, patchDestination: span - tail))
+            }
+        }
+        request.add(.init(op: .write, sector: UInt64(first >> 9), sectors: UInt64(span >> 9), bufferOffset: 0, flags: flags))
+        disk.queue.submit(request)
+    }
+
+    /// Zeroes a byte range: whole sectors with one `op` bio (discard or write-zeroes), partial
+    /// edge sectors by read-modify-write.
+    static func zero(_ disk: ExposedDisk, _ handle: fuse_req_t?, offset: Int, count: Int, op: BioOp) {
+        let size = disk.byteSize
+        guard offset < size, count > 0 else {
+            fuse_reply_err(handle, 0)
+            return
+        }
         let end = min(offset + count, size)
         let firstWhole = (offset + sectorSize - 1) & ~(sectorSize - 1)
         let lastWhole = end & ~(sectorSize - 1)
+        let request = disk.queue.pool.take(bytes: 4 * sectorSize)
+        request.prepare(handle, disk: disk, reply: .done)
         if firstWhole >= lastWhole {
-            let status = patch(disk, offset: offset, count: end - offset) { $0.initializeMemory(as: UInt8.self, repeating: 0, count: end - offset) }
-            return status.isOK ? 0 : errno(for: status)
+            addZeroPatch(request, offset..<end, bufferOffset: 0)
+        } else {
+            if offset < firstWhole { addZeroPatch(request, offset..<firstWhole, bufferOffset: 0) }
+            if lastWhole < end { addZeroPatch(request, lastWhole..<end, bufferOffset: 2 * sectorSize) }
+            request.add(.init(op: op, sector: UInt64(firstWhole >> 9), sectors: UInt64((lastWhole - firstWhole) >> 9)))
         }
-        if offset < firstWhole {
-            let status = patch(disk, offset: offset, count: firstWhole - offset) { $0.initializeMemory(as: UInt8.self, repeating: 0, count: firstWhole - offset) }
-            if !status.isOK { return errno(for: status) }
-        }
-        if lastWhole < end {
-            let status = patch(disk, offset: lastWhole, count: end - lastWhole) { $0.initializeMemory(as: UInt8.self, repeating: 0, count: end - lastWhole) }
-            if !status.isOK { return errno(for: status) }
-        }
-        let status = WorkerContext.current.run(op, on: disk.device, sector: UInt64(firstWhole >> 9),
-                                               sectors: UInt64((lastWhole - firstWhole) >> 9))
-        return status.isOK ? 0 : errno(for: status)
+        disk.queue.submit(request)
+    }
+
+    /// Makes everything written so far durable (fsync).
+    static func flush(_ disk: ExposedDisk, _ handle: fuse_req_t?) {
+        let request = disk.queue.pool.take(bytes: 0)
+        request.prepare(handle, disk: disk, reply: .done)
+        request.add(.init(op: .flush))
+        disk.queue.submit(request)
     }
 
     /// Whether a punched range must become write-zeroes: a discard is only safe where every
@@ -76,26 +106,19 @@ enum DiskIO {
             ? .discard : .writeZeroes
     }
 
-    /// Read-modify-write of the sectors covering [offset, offset+count): read them into the
-    /// worker buffer, let `change` edit the bytes at `offset`, write them back.
-    private static func patch(_ disk: ExposedDisk, offset: Int, count: Int, flags: BioFlags = [],
-                              change: (UnsafeMutableRawPointer) -> Void) -> BioStatus {
-        let context = WorkerContext.current
-        let first = offset & ~(sectorSize - 1)
-        let end = (offset + count + sectorSize - 1) & ~(sectorSize - 1)
+    /// The sector-aligned byte range [first, end) that covers [offset, offset + count).
+    private static func covering(_ offset: Int, _ count: Int) -> (Int, Int) {
+        (offset & ~(sectorSize - 1), (offset + count + sectorSize - 1) & ~(sectorSize - 1))
+    }
+
+    /// Read-modify-write of the (at most two) sectors covering `range`, zeroing `range`, in the
+    /// buffer at `bufferOffset`.
+    private static func addZeroPatch(_ request: FuseRequest, _ range: Range<Int>, bufferOffset: Int) {
+        let (first, end) = covering(range.lowerBound, range.count)
         let sector = UInt64(first >> 9)
         let sectors = UInt64((end - first) >> 9)
-        return disk.partialSectorLock.withLock { _ in
-            let read = context.run(.read, on: disk.device, sector: sector, sectors: sectors, buffer: context.buffer)
-            guard read.isOK else { return read }
-            change(context.buffer + (offset - first))
-            return context.run(.write, on: disk.device, sector: sector, sectors: sectors, buffer: context.buffer, flags: flags)
-        }
+        request.add(.init(op: .read, sector: sector, sectors: sectors, bufferOffset: bufferOffset,
+                          patchCount: range.count, patchDestination: bufferOffset + range.lowerBound - first))
+        request.add(.init(op: .write, sector: sector, sectors: sectors, bufferOffset: bufferOffset))
     }
-}
-
-/// An errno value to reply with.
-struct Errno: Error {
-    let code: Int32
-    init(_ code: Int32) { self.code = code }
 }

@@ -9,13 +9,14 @@ final class ExposedDisk: Sendable {
     let device: MappedDevice
     /// Open file handles on the exposed file (`udm remove` refuses while any are open).
     let openCount = Atomic<Int>(0)
-    /// Serialises the read-modify-write of writes that do not cover whole sectors.
-    let partialSectorLock = Mutex<Void>(())
+    /// Its FUSE requests: how many may be in the disk at once, and the rest, waiting.
+    let queue: DiskQueue
 
-    init(name: String, inode: UInt64, device: MappedDevice) {
+    init(name: String, inode: UInt64, device: MappedDevice, queue: DiskQueue) {
         self.name = name
         self.inode = inode
         self.device = device
+        self.queue = queue
     }
 
     var byteSize: Int { Int(device.sectors) << 9 }
@@ -33,24 +34,37 @@ final class DiskDirectory: Sendable {
     private let entries = Mutex(Entries())
     /// Shown as every file's times.
     let mountTime = time(nil)
+    /// Where every disk's requests come from, and how many each may have in flight.
+    let requests: RequestPool
+    let queueDepth: Int
 
-    func add(name: String, device: MappedDevice) {
-        entries.withLock {
-            let disk = ExposedDisk(name: name, inode: $0.nextInode, device: device)
-            $0.nextInode += 1
-            if let old = $0.byName[name] { $0.byInode[old.inode] = nil }
-            $0.byName[name] = disk
-            $0.byInode[disk.inode] = disk
-        }
+    init(requests: RequestPool, queueDepth: Int) {
+        self.requests = requests
+        self.queueDepth = queueDepth
     }
 
-    @discardableResult
-    func remove(name: String) -> ExposedDisk? {
-        entries.withLock {
+    func add(name: String, device: MappedDevice) {
+        let queue = DiskQueue(pool: requests, depth: queueDepth)
+        let replaced: ExposedDisk? = entries.withLock {
+            let disk = ExposedDisk(name: name, inode: $0.nextInode, device: device, queue: queue)
+            $0.nextInode += 1
+            let old = $0.byName[name]
+            if let old { $0.byInode[old.inode] = nil }
+            $0.byName[name] = disk
+            $0.byInode[disk.inode] = disk
+            return old
+        }
+        replaced?.queue.close()
+    }
+
+    /// Takes the disk out of the directory; requests still waiting for it fail with EIO.
+    func remove(name: String) {
+        let disk: ExposedDisk? = entries.withLock {
             guard let disk = $0.byName.removeValue(forKey: name) else { return nil }
             $0.byInode[disk.inode] = nil
             return disk
         }
+        disk?.queue.close()
     }
 
     func disk(inode: UInt64) -> ExposedDisk? { entries.withLock { $0.byInode[inode] } }

@@ -8,14 +8,18 @@ import UDMCore
 public final class FuseFileSystem: @unchecked Sendable {
     public struct Options: Sendable {
         public var allowOther = false
-        /// Upper bound on libfuse worker threads; a worker waits while its disk is suspended.
-        public var maxThreads: UInt32 = 64
-        public var idleThreads: UInt32 = 16
+        /// Upper bound on libfuse worker threads. A worker only turns a request into a bio and
+        /// goes back for the next; held I/O holds the request, not the worker.
+        public var maxThreads: UInt32 = 16
+        public var idleThreads: UInt32 = 8
+        /// FUSE requests a disk has in flight at most; more wait in the daemon, in order.
+        public var queueDepth = 128
         public init() {}
     }
 
     public let mountPoint: String
-    let directory = DiskDirectory()
+    let requests = RequestPool()
+    let directory: DiskDirectory
     private let session: OpaquePointer
     private var loopThread: pthread_t?
     private let finished = Mutex(false)
@@ -25,6 +29,7 @@ public final class FuseFileSystem: @unchecked Sendable {
     public init(mountPoint: String, options: Options = Options()) throws {
         self.mountPoint = mountPoint
         self.options = options
+        directory = DiskDirectory(requests: requests, queueDepth: options.queueDepth)
         var mountOptions = "fsname=udm,subtype=udm,default_permissions"
         if options.allowOther { mountOptions += ",allow_other" }
         let argv = ["udm", "-o", mountOptions].map { $0.withCString { strdup($0) } }
@@ -74,12 +79,15 @@ public final class FuseFileSystem: @unchecked Sendable {
     }
 
     /// Stops serving and unmounts. Unmounting aborts the kernel connection, which wakes the
-    /// workers blocked reading /dev/fuse; `release` then runs, to end I/O that workers still
-    /// wait for (held by a suspended disk), before the workers are joined.
+    /// workers blocked reading /dev/fuse. Every request is answered before the session goes:
+    /// those waiting in a disk's queue fail with EIO, `release` ends the I/O the disks hold
+    /// (suspended, delayed), and the rest end as their I/O does (waited for, up to 10 s).
     public func stop(release: () -> Void = {}) {
         fuse_session_exit(session)
         umount2(mountPoint, Int32(MNT_DETACH))
+        directory.all.forEach { $0.queue.close() }
         release()
+        _ = requests.waitUntilIdle(seconds: 10)
         if let loopThread { pthread_join(loopThread, nil) }
         loopThread = nil
         // Already detached above; destroy closes the device.
@@ -95,6 +103,13 @@ public final class FuseFileSystem: @unchecked Sendable {
         directory.remove(name: name)
         _ = name.withCString { fuse_lowlevel_notify_inval_entry(session, FuseOperations.rootInode, $0, name.utf8.count) }
     }
+
+    /// FUSE requests in MOUNT/NAME's disk now, and waiting for room in its queue.
+    public func requestCounts(name: String) -> (active: Int, waiting: Int) {
+        directory.disk(name: name)?.queue.counts ?? (0, 0)
+    }
+
+    public var queueDepth: Int { options.queueDepth }
 
     /// Open handles on MOUNT/NAME.
     public func openCount(name: String) -> Int {

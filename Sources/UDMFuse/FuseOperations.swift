@@ -2,9 +2,11 @@ import CFuse3
 import Glibc
 import UDMCore
 
-/// The libfuse low-level callbacks. Each runs synchronously on a libfuse worker thread and
-/// replies before returning; state comes only from the session's userdata (the
-/// `DiskDirectory`) and the open file's handle (a retained `ExposedDisk`).
+/// The libfuse low-level callbacks, on libfuse worker threads. Metadata requests reply before
+/// returning; read, write, fsync and fallocate queue a request on the disk and return at once,
+/// and the reply comes from the request's completion (`FuseRequest`). State comes only from
+/// the session's userdata (the `DiskDirectory`) and the open file's handle (a retained
+/// `ExposedDisk`).
 enum FuseOperations {
     static let rootInode: fuse_ino_t = 1
     /// The kernel asks again at once: sizes change on resume and disks come and go.
@@ -12,14 +14,16 @@ enum FuseOperations {
 
     static var table: fuse_lowlevel_ops {
         var ops = fuse_lowlevel_ops()
-        ops.`init` = { _, conn in
+        ops.`init` = { userdata, conn in
             guard let conn else { return }
             conn.pointee.max_write = 1 << 20
             // The kernel keeps at most max_background asynchronous requests (a loop device's
-            // direct I/O, async reads) in flight to the daemon; its default of 12 caps the queue
-            // depth below what a loop device with iodepth 32 offers.
-            conn.pointee.max_background = 64
-            conn.pointee.congestion_threshold = 48
+            // direct I/O, libaio) in flight to the daemon, for all disks of the mount together.
+            // Set from the request pool, so that one disk holding its I/O (suspended, delayed)
+            // cannot use up what the kernel lets through for the others (root may raise it).
+            let background = FuseOperations.directory(userdata: userdata).requests.backgroundLimit
+            conn.pointee.max_background = UInt32(background)
+            conn.pointee.congestion_threshold = UInt32(background * 3 / 4)
             if conn.pointee.capable & UInt32(FUSE_CAP_ASYNC_DIO) != 0 {
                 conn.pointee.want |= UInt32(FUSE_CAP_ASYNC_DIO)
             }
@@ -91,28 +95,18 @@ enum FuseOperations {
             fuse_reply_err(req, 0)
         }
         ops.read = { req, _, size, offset, fi in
-            switch DiskIO.read(FuseOperations.disk(fi), count: size, offset: Int(offset)) {
-            case .success(let (data, count)):
-                fuse_reply_buf(req, data.assumingMemoryBound(to: CChar.self), count)
-            case .failure(let status):
-                fuse_reply_err(req, DiskIO.errno(for: status))
-            }
+            DiskIO.read(FuseOperations.disk(fi), req, count: size, offset: Int(offset))
         }
         ops.write = { req, _, buffer, size, offset, fi in
             let flags: BioFlags = (fi.map { $0.pointee.flags & O_DSYNC != 0 } ?? false) ? [.fua] : []
-            switch DiskIO.write(FuseOperations.disk(fi), data: UnsafeRawPointer(buffer!), count: size, offset: Int(offset), flags: flags) {
-            case .success(let count): fuse_reply_write(req, count)
-            case .failure(let error): fuse_reply_err(req, error.code)
-            }
+            DiskIO.write(FuseOperations.disk(fi), req, data: UnsafeRawPointer(buffer!), count: size, offset: Int(offset), flags: flags)
         }
         ops.flush = { req, _, _ in fuse_reply_err(req, 0) }
         ops.fsync = { req, _, _, fi in
-            let disk = FuseOperations.disk(fi)
-            let status = WorkerContext.current.run(.flush, on: disk.device, sector: 0, sectors: 0)
-            fuse_reply_err(req, status.isOK ? 0 : DiskIO.errno(for: status))
+            DiskIO.flush(FuseOperations.disk(fi), req)
         }
         ops.fallocate = { req, _, mode, offset, length, fi in
-            fuse_reply_err(req, FuseOperations.fallocate(FuseOperations.disk(fi), mode: mode, offset: Int(offset), count: Int(length)))
+            FuseOperations.fallocate(FuseOperations.disk(fi), req, mode: mode, offset: Int(offset), count: Int(length))
         }
         ops.readdir = { req, inode, size, offset, _ in
             guard inode == FuseOperations.rootInode else {
@@ -133,6 +127,10 @@ enum FuseOperations {
         Unmanaged<DiskDirectory>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
     }
 
+    private static func directory(userdata: UnsafeMutableRawPointer?) -> DiskDirectory {
+        Unmanaged<DiskDirectory>.fromOpaque(userdata!).takeUnretainedValue()
+    }
+
     /// The disk behind an open file handle (retained by `open`, released by `release`).
     private static func disk(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> ExposedDisk {
         Unmanaged<ExposedDisk>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).takeUnretainedValue()
@@ -146,17 +144,17 @@ enum FuseOperations {
 
     /// PUNCH_HOLE|KEEP_SIZE discards (or writes zeros where a discard would not read back as
     /// zeros); ZERO_RANGE writes zeros; plain allocation inside the disk has nothing to do.
-    private static func fallocate(_ disk: ExposedDisk, mode: Int32, offset: Int, count: Int) -> Int32 {
+    private static func fallocate(_ disk: ExposedDisk, _ req: fuse_req_t?, mode: Int32, offset: Int, count: Int) {
         let punchHole: Int32 = 0x02, keepSize: Int32 = 0x01, zeroRange: Int32 = 0x10
         switch mode {
         case punchHole | keepSize:
-            return DiskIO.zero(disk, offset: offset, count: count, op: DiskIO.punchOp(disk, offset: offset, count: count))
+            DiskIO.zero(disk, req, offset: offset, count: count, op: DiskIO.punchOp(disk, offset: offset, count: count))
         case zeroRange, zeroRange | keepSize:
-            return DiskIO.zero(disk, offset: offset, count: count, op: .writeZeroes)
+            DiskIO.zero(disk, req, offset: offset, count: count, op: .writeZeroes)
         case 0, keepSize:
-            return offset + count <= disk.byteSize ? 0 : ENOSPC
+            fuse_reply_err(req, offset + count <= disk.byteSize ? 0 : ENOSPC)
         default:
-            return EOPNOTSUPP
+            fuse_reply_err(req, EOPNOTSUPP)
         }
     }
 

@@ -23,17 +23,20 @@ struct DaemonCommand: ParsableCommand {
     @Flag(help: "Stay in the foreground, logging to stderr.") var foreground = false
     @Option(help: "Clones in each disk's bioset (at least 1; raised to a table's largest duplicate count).")
     var biosetSize = DaemonConfig.defaultBioSetSize
+    @Option(help: "FUSE requests each disk has in flight at most; more wait in the daemon, in order (at least 1).")
+    var queueDepth = DaemonConfig.defaultQueueDepth
     @Option(help: "O_DIRECT on image files: auto (where the file accepts it), on, off.") var directIO = ImageFile.DirectIO.auto
     @Flag(help: "Let users other than root open the disk files (FUSE allow_other).") var allowOther = false
 
     func validate() throws {
         guard biosetSize >= 1 else { throw ValidationError("--bioset-size must be at least 1") }
+        guard queueDepth >= 1 else { throw ValidationError("--queue-depth must be at least 1") }
     }
 
     private var config: DaemonConfig {
         DaemonConfig(mountPoint: absolute(mount), stateDirectory: absolute(stateDir),
                      socketPath: absolute(socket ?? ProcessInfo.processInfo.environment["UDM_SOCKET"] ?? DaemonConfig.defaultSocket),
-                     bioSetSize: biosetSize, directIO: directIO, allowOther: allowOther)
+                     bioSetSize: biosetSize, directIO: directIO, allowOther: allowOther, queueDepth: queueDepth)
     }
 
     func run() throws {
@@ -72,7 +75,8 @@ struct DaemonCommand: ParsableCommand {
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
         var arguments = [executable, "daemon", "--foreground", "--mount", config.mountPoint,
                          "--state-dir", config.stateDirectory, "--socket", config.socketPath,
-                         "--bioset-size", String(config.bioSetSize), "--direct-io", config.directIO.rawValue]
+                         "--bioset-size", String(config.bioSetSize), "--direct-io", config.directIO.rawValue,
+                         "--queue-depth", String(config.queueDepth)]
         if config.allowOther { arguments.append("--allow-other") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

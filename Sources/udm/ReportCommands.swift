@@ -36,7 +36,7 @@ struct InfoCommand: ParsableCommand {
         commandName: "info",
         abstract: "Print a disk's state, tables, open count, size, bioset size and file.")
     @Argument(help: "The disk's name; all disks if omitted.") var name: String?
-    @Flag(help: "Print JSON: {\"disks\": [{\"name\", \"state\", \"liveTable\", \"inactiveTable\", \"openCount\", \"targets\", \"sectors\", \"biosetSize\", \"file\"}]}.")
+    @Flag(help: "Print JSON: {\"disks\": [{\"name\", \"state\", \"liveTable\", \"inactiveTable\", \"openCount\", \"targets\", \"sectors\", \"biosetSize\", \"queueDepth\", \"requestsActive\", \"requestsWaiting\", \"file\"}]}.")
     var json = false
     @OptionGroup var client: ClientOptions
 

@@ -95,6 +95,6 @@ udm info s --json | python3 -c '
 import json, sys
 (d,) = json.load(sys.stdin)["disks"]
 assert (d["name"], d["state"], d["liveTable"], d["inactiveTable"], d["targets"], d["sectors"]) == ("s", "ACTIVE", True, False, 2, 8192), d
-assert sorted(d) == ["biosetSize", "file", "inactiveTable", "liveTable", "name", "openCount", "sectors", "state", "targets"], d' ||
+assert sorted(d) == ["biosetSize", "file", "inactiveTable", "liveTable", "name", "openCount", "queueDepth", "requestsActive", "requestsWaiting", "sectors", "state", "targets"], d' ||
     fail "udm info --json: $(udm info s --json)"
 stop_daemon

@@ -1,0 +1,117 @@
+import Glibc
+import UDMCore
+
+/// The fixed pools a FUSE request is served from: request state, and aligned data buffers in
+/// three sizes (most requests are 4 KiB; max_write is 1 MiB). Everything is made at start, so
+/// serving a request allocates nothing, and memory is bounded: `virtualBytes` at most, of which
+/// only buffers that have been in use at the same time are resident (free lists are LIFO, so a
+/// light load keeps reusing the same few).
+///
+/// A request takes the smallest free buffer that fits. When none fits, the taking thread (a
+/// libfuse worker) waits for one: the one place a worker can wait, and only once every request
+/// slot or every large buffer is in use.
+final class RequestPool: @unchecked Sendable {
+    struct Sizes: Sendable {
+        var requests: Int
+        /// Buffers per class, smallest class first.
+        var buffers: [Int]
+
+        /// 4096 requests: the kernel's background limit is set from it, so that disks holding
+        /// their full depth cannot fill what the kernel lets through.
+        static let standard = Sizes(requests: 4096, buffers: [4096, 128, 32])
+    }
+
+    /// Bytes per buffer class: a request's data plus, for writes that do not cover whole
+    /// sectors, the covering sectors and a sector of scratch at each edge.
+    static let classBytes = [8 << 10, (128 << 10) + (4 << 10), (1 << 20) + (8 << 10)]
+    /// The largest buffer a request may ask for.
+    static var largestBuffer: Int { classBytes.last! }
+
+    let capacity: Int
+    private let lock = ConditionLock()
+    private var freeRequests: FuseRequest?
+    private var freeBuffers: [3 of UnsafeMutableRawPointer?] = .init(repeating: nil)
+    private var inUse = 0
+
+    init(sizes: Sizes = .standard) {
+        precondition(sizes.buffers.count == Self.classBytes.count && sizes.requests > 0)
+        capacity = sizes.requests
+        for _ in 0..<sizes.requests {
+            let request = FuseRequest(pool: self)
+            request.next = freeRequests
+            freeRequests = request
+        }
+        for (index, count) in sizes.buffers.enumerated() {
+            for _ in 0..<count {
+                // A free buffer's first word links it to the next.
+                let buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.classBytes[index], alignment: 4096)
+                buffer.storeBytes(of: freeBuffers[index], as: UnsafeMutableRawPointer?.self)
+                freeBuffers[index] = buffer
+            }
+        }
+    }
+
+    static func virtualBytes(_ sizes: Sizes) -> Int {
+        zip(sizes.buffers, classBytes).reduce(0) { $0 + $1.0 * $1.1 }
+    }
+
+    /// The kernel's max_background: every request but a reserve for synchronous ones (a
+    /// foreground request always finds a slot while background ones hold the rest).
+    var backgroundLimit: Int { min(65535, max(1, capacity - capacity / 8)) }
+
+    /// Requests currently taken (for shutdown: all are answered once this is 0).
+    var outstanding: Int { lock.withLock { inUse } }
+
+    /// A request with a buffer of at least `bytes` (none for 0), waiting if none is free.
+    func take(bytes: Int) -> FuseRequest {
+        precondition(bytes <= Self.largestBuffer, "a FUSE request of \(bytes) bytes is larger than max_write allows")
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            if let request = freeRequests, let (buffer, index) = takeBuffer(bytes) {
+                freeRequests = request.next
+                request.next = nil
+                request.buffer = buffer
+                request.bufferClass = index
+                inUse += 1
+                return request
+            }
+            lock.wait()
+        }
+    }
+
+    /// With `lock` held: the smallest free buffer of at least `bytes`.
+    private func takeBuffer(_ bytes: Int) -> (UnsafeMutableRawPointer?, Int)? {
+        if bytes == 0 { return (nil, -1) }
+        for index in Self.classBytes.indices where Self.classBytes[index] >= bytes {
+            if let buffer = freeBuffers[index] {
+                freeBuffers[index] = buffer.load(as: UnsafeMutableRawPointer?.self)
+                return (buffer, index)
+            }
+        }
+        return nil
+    }
+
+    func give(_ request: FuseRequest) {
+        lock.withLock {
+            if let buffer = request.buffer {
+                buffer.storeBytes(of: freeBuffers[request.bufferClass], as: UnsafeMutableRawPointer?.self)
+                freeBuffers[request.bufferClass] = buffer
+            }
+            request.buffer = nil
+            request.next = freeRequests
+            freeRequests = request
+            inUse -= 1
+            lock.broadcast()
+        }
+    }
+
+    /// Waits up to `seconds` for every request to come back; false if some did not.
+    func waitUntilIdle(seconds: Int) -> Bool {
+        for _ in 0..<(seconds * 100) {
+            if outstanding == 0 { return true }
+            usleep(10_000)
+        }
+        return outstanding == 0
+    }
+}
