@@ -3,9 +3,10 @@ import UDMCore
 
 /// The fixed pools a FUSE request is served from: request state, and aligned data buffers in
 /// three sizes (most requests are 4 KiB; max_write is 1 MiB). Everything is made at start, so
-/// serving a request allocates nothing, and memory is bounded: `virtualBytes` at most, of which
-/// only buffers that have been in use at the same time are resident (free lists are LIFO, so a
-/// light load keeps reusing the same few).
+/// serving a request allocates nothing, and memory is bounded: each class is one mapping of
+/// `count x size` bytes (81 MiB for the standard sizes), of which only buffers that have been
+/// in use at the same time become resident (free lists are LIFO, so a light load keeps reusing
+/// the same few).
 ///
 /// A request takes the smallest free buffer that fits. When none fits, the taking thread (a
 /// libfuse worker) waits for one: the one place a worker can wait, and only once every request
@@ -30,7 +31,9 @@ final class RequestPool: @unchecked Sendable {
     let capacity: Int
     private let lock = ConditionLock()
     private var freeRequests: FuseRequest?
-    private var freeBuffers: [3 of UnsafeMutableRawPointer?] = .init(repeating: nil)
+    /// Per class: the mapping, and the free buffers' indices in it (a stack, reserved in full).
+    private var regions: [UnsafeMutableRawPointer] = []
+    private var freeBuffers: [[Int32]] = []
     private var inUse = 0
 
     init(sizes: Sizes = .standard) {
@@ -42,21 +45,13 @@ final class RequestPool: @unchecked Sendable {
             freeRequests = request
         }
         for (index, count) in sizes.buffers.enumerated() {
-            for _ in 0..<count {
-                // A free buffer's first word links it to the next.
-                let buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.classBytes[index], alignment: 4096)
-                buffer.storeBytes(of: freeBuffers[index], as: UnsafeMutableRawPointer?.self)
-                freeBuffers[index] = buffer
-            }
+            regions.append(.allocate(byteCount: max(1, count) * Self.classBytes[index], alignment: 4096))
+            freeBuffers.append(Array((0..<Int32(count)).reversed()))
         }
     }
 
-    static func virtualBytes(_ sizes: Sizes) -> Int {
-        zip(sizes.buffers, classBytes).reduce(0) { $0 + $1.0 * $1.1 }
-    }
-
-    /// The kernel's max_background: every request but a reserve for synchronous ones (a
-    /// foreground request always finds a slot while background ones hold the rest).
+    /// The kernel's max_background: every request but a reserve of 1/8 for synchronous ones,
+    /// which the kernel does not count against it.
     var backgroundLimit: Int { min(65535, max(1, capacity - capacity / 8)) }
 
     /// Requests currently taken (for shutdown: all are answered once this is 0).
@@ -84,9 +79,8 @@ final class RequestPool: @unchecked Sendable {
     private func takeBuffer(_ bytes: Int) -> (UnsafeMutableRawPointer?, Int)? {
         if bytes == 0 { return (nil, -1) }
         for index in Self.classBytes.indices where Self.classBytes[index] >= bytes {
-            if let buffer = freeBuffers[index] {
-                freeBuffers[index] = buffer.load(as: UnsafeMutableRawPointer?.self)
-                return (buffer, index)
+            if let slot = freeBuffers[index].popLast() {
+                return (regions[index] + Int(slot) * Self.classBytes[index], index)
             }
         }
         return nil
@@ -95,8 +89,8 @@ final class RequestPool: @unchecked Sendable {
     func give(_ request: FuseRequest) {
         lock.withLock {
             if let buffer = request.buffer {
-                buffer.storeBytes(of: freeBuffers[request.bufferClass], as: UnsafeMutableRawPointer?.self)
-                freeBuffers[request.bufferClass] = buffer
+                let index = request.bufferClass
+                freeBuffers[index].append(Int32((buffer - regions[index]) / Self.classBytes[index]))
             }
             request.buffer = nil
             request.next = freeRequests
