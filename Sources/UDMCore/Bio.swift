@@ -50,6 +50,8 @@ public final class Bio: @unchecked Sendable {
     var flushingTarget: Int?
     /// A write whose PREFLUSH is still being sent or has not ended yet: its data waits.
     var awaitingPreflush = false
+    /// Sent on by a pool it was parked on: it goes before originals parked after it.
+    var resumedFromPark = false
     var admittedAt: MappedDevice?
     /// For the device's statistics: when it was admitted, and how many pieces it was cut into.
     var startedAt: UInt64 = 0

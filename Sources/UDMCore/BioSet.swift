@@ -1,8 +1,12 @@
 import Synchronization
 
 /// A fixed pool of clones (dm: `struct bio_set` with its mempool). Memory stays bounded under
-/// any load: when the pool is empty a caller either fails (`.noWait`) or blocks until a clone
-/// comes back (`.wait`).
+/// any load: when the pool is empty a caller either fails (`.noWait`), blocks until a clone
+/// comes back (`.wait`), or parks the original it maps (`allocate(for:)`): the original waits
+/// on the pool, in order, and is submitted again by whichever thread releases a clone.
+/// Parking holds the bio, never the thread, so a disk whose clones are all held (a suspended
+/// lower disk under a stack) stalls only its own I/O. A parked original holds no clone, so it
+/// can never be part of a wait cycle; threads waiting for clones are served first.
 public final class BioSet: @unchecked Sendable {
     public enum Mode: Sendable {
         case noWait
@@ -29,6 +33,8 @@ public final class BioSet: @unchecked Sendable {
     private let lock = ConditionLock()
     private var freeHead: Bio?
     private var freeCount: Int
+    private var parkedHead: Bio?
+    private var parkedTail: Bio?
     /// Serialises the blocking pass of `allocateMany` (dm reuses md->table_devices_lock).
     private let allocationMutex: Mutex<Void>
 
@@ -67,6 +73,32 @@ public final class BioSet: @unchecked Sendable {
         return bio
     }
 
+    /// A free clone for the next piece of `original`, unless originals parked before it are
+    /// still waiting. Otherwise parks `original` (linked through `next`; a resumed one keeps
+    /// its place at the front) and returns nil: the caller drops it until it is submitted again.
+    public func allocate(for original: Bio) -> Bio? {
+        lock.lock()
+        defer { lock.unlock() }
+        let resumed = original.resumedFromPark
+        original.resumedFromPark = false
+        if parkedHead == nil || resumed, let bio = freeHead {
+            freeHead = bio.next
+            bio.next = nil
+            freeCount -= 1
+            return bio
+        }
+        if resumed {
+            original.next = parkedHead
+            parkedHead = original
+            if parkedTail == nil { parkedTail = original }
+        } else {
+            original.next = nil
+            if let tail = parkedTail { tail.next = original } else { parkedHead = original }
+            parkedTail = original
+        }
+        return nil
+    }
+
     /// Takes `count` clones for one bio, chained through `next`.
     public func allocateMany(_ count: Int, policy: ManyPolicy = .noWaitThenMutex) -> Bio {
         precondition(count >= 1 && count <= capacity, "asked for \(count) clones from a pool of \(capacity)")
@@ -100,11 +132,22 @@ public final class BioSet: @unchecked Sendable {
         bio.next = nil
         bio.flags = []
         bio.buffer = nil
-        lock.withLock {
-            bio.next = freeHead
-            freeHead = bio
-            freeCount += 1
-            lock.signal()
+        lock.lock()
+        bio.next = freeHead
+        freeHead = bio
+        freeCount += 1
+        lock.signal()
+        // The oldest parked original goes on, through this thread's BioList.
+        let parked = parkedHead
+        if let parked {
+            parkedHead = parked.next
+            if parkedHead == nil { parkedTail = nil }
+            parked.next = nil
+        }
+        lock.unlock()
+        if let parked {
+            parked.resumedFromPark = true
+            parked.submit()
         }
     }
 }

@@ -30,7 +30,7 @@ extension MappedDevice {
         }
         let table = admittedTable
         if let index = bio.flushingTarget, index < table.entries.count {
-            sendFlushes(for: bio, to: table.entries[index].target, table: table)
+            guard sendFlushes(for: bio, to: table.entries[index].target, table: table) else { return }
             bio.flushingTarget = index + 1
             bio.submit(to: self)
             return
@@ -57,7 +57,7 @@ extension MappedDevice {
 
     private func processNextPiece(of bio: Bio, table: Table) {
         if bio.op.carriesData {
-            mapPieces(of: bio, table: table)
+            guard mapPieces(of: bio, table: table) else { return }
         } else if bio.remainingSectors > 0 {
             let sector = bio.nextSector
             guard sector < table.sectors else {
@@ -68,7 +68,10 @@ extension MappedDevice {
             let entry = table.entries[table.entryIndex(for: sector)]
             let length = min(bio.remainingSectors, entry.end - sector)
             let count = bio.op == .discard ? entry.target.discardBios : entry.target.writeZeroesBios
-            sendDuplicates(count, of: bio, to: entry.target, table: table, sector: sector, sectors: length)
+            guard sendDuplicates(count, of: bio, to: entry.target, table: table, sector: sector, sectors: length) else {
+                bio.pieces &-= 1
+                return
+            }
             advance(bio, by: length)
         }
         if bio.remainingSectors > 0 {
@@ -78,12 +81,12 @@ extension MappedDevice {
         }
     }
 
-    /// Cuts and maps the next pieces of a read or write. The first clone may wait for the
-    /// pool; at that point this thread holds none of this device's clones (what the previous
-    /// pass produced has run). Further pieces are taken only while the pool has clones to
-    /// spare, so a pass never waits while holding clones, and the pieces that land next to
-    /// each other on a lower device sit together on the BioList where it can merge them.
-    private func mapPieces(of bio: Bio, table: Table) {
+    /// Cuts and maps the next pieces of a read or write. When the pool has no clone for the
+    /// first piece, the original parks on it (false: it comes back when a clone is released);
+    /// the naive policy (tests) waits instead. Further pieces are taken only while the pool has
+    /// clones to spare, so a pass never waits while holding clones, and the pieces that land
+    /// next to each other on a lower device sit together on the BioList where it can merge them.
+    private func mapPieces(of bio: Bio, table: Table) -> Bool {
         let limit = max(1, table.bioSet.capacity / 4)
         var taken = 0
         while bio.remainingSectors > 0 && taken < limit {
@@ -92,10 +95,18 @@ extension MappedDevice {
                 // Past the end: the rest fails, what was mapped goes on.
                 _ = bio.firstError.compareExchange(expected: 0, desired: BioStatus.ioError.errno, ordering: .relaxed)
                 bio.remainingSectors = 0
-                return
+                return true
             }
-            let wait: BioSet.Mode = manyPolicy == .naive ? .waitHoldingPlug : .wait
-            guard let clone = table.bioSet.allocate(taken == 0 ? wait : .noWait) else { return }
+            let clone: Bio?
+            if taken > 0 {
+                clone = table.bioSet.allocate(.noWait)
+            } else if manyPolicy == .naive {
+                clone = table.bioSet.allocate(.waitHoldingPlug)
+            } else {
+                guard let first = table.bioSet.allocate(for: bio) else { return false }
+                clone = first
+            }
+            guard let clone else { return true }
             taken += 1
             bio.pieces &+= 1
             let entry = table.entries[table.entryIndex(for: sector)]
@@ -111,6 +122,7 @@ extension MappedDevice {
             map(clone, by: target)
             advance(bio, by: list.acceptedSectors)
         }
+        return true
     }
 
     @inline(__always)
@@ -123,23 +135,30 @@ extension MappedDevice {
     /// Sends one target its `flushBios` empty flushes (for a flush, or ahead of a PREFLUSH
     /// write's data). One target per pass through the BioList, like a split, so a thread never
     /// holds more clones of this device than one target's duplicate count.
-    private func sendFlushes(for bio: Bio, to target: Target, table: Table) {
+    private func sendFlushes(for bio: Bio, to target: Target, table: Table) -> Bool {
         sendDuplicates(target.flushBios, of: bio, to: target, table: table, sector: 0, sectors: 0, op: .flush)
     }
 
     /// Sends `count` identical clones of a range (or of an empty flush) to one target,
-    /// allocated together with the bioset's multi-clone discipline.
+    /// allocated together with the bioset's multi-clone discipline; a single clone the pool
+    /// cannot give parks the original (false, as in `mapPieces`).
     private func sendDuplicates(_ count: Int, of bio: Bio, to target: Target, table: Table,
-                                sector: UInt64, sectors: UInt64, op: BioOp? = nil) {
+                                sector: UInt64, sectors: UInt64, op: BioOp? = nil) -> Bool {
         guard count > 0 else {
             // A target that takes no flushes has nothing to make durable (dm skips it); one
             // that takes no discards or write-zeroes does not support them.
             if op != .flush {
                 _ = bio.firstError.compareExchange(expected: 0, desired: BioStatus.notSupported.errno, ordering: .relaxed)
             }
-            return
+            return true
         }
-        var clone: Bio? = table.bioSet.allocateMany(count, policy: manyPolicy)
+        var clone: Bio?
+        if count == 1 && manyPolicy != .naive {
+            guard let one = table.bioSet.allocate(for: bio) else { return false }
+            clone = one
+        } else {
+            clone = table.bioSet.allocateMany(count, policy: manyPolicy)
+        }
         var index = 0
         while let c = clone {
             clone = c.next
@@ -148,6 +167,7 @@ extension MappedDevice {
             map(c, by: target)
             index += 1
         }
+        return true
     }
 
     @inline(__always)
