@@ -11,7 +11,8 @@ import UDMExceptionStore
 /// written to the new COW chunk itself and ends once the exception is committed (as in dm).
 /// The origin's writes trigger the same copies (see `Origin`). Store `P` is persistent (the
 /// kernel's format), `PO` persistent with overflow (a snapshot write that finds the COW full
-/// fails, the snapshot stays readable), `N` transient. A full COW otherwise invalidates the snapshot: its I/O fails, the origin goes on.
+/// fails and so does every later snapshot write; the snapshot stays readable), `N` transient.
+/// A full COW otherwise invalidates the snapshot: its I/O fails, the origin goes on.
 /// Chunk size: a power of two up to 2^21 sectors, 0 meaning the header's or 32; a persistent
 /// header's chunk size wins. Table: `<origin> <COW> <P|PO|N> <chunk>`. Status:
 /// `<sectors allocated>/<total sectors> <metadata sectors>`, `Invalid` or `Overflow`.
@@ -96,7 +97,9 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         var started: PendingException?
         let result: MapResult = origin.lock.withLock {
             untrack(bio)
-            if state == .invalid { return .kill(.ioError) }
+            // Once overflowed, every write fails, even to a chunk with an exception (as dm's
+            // snapshot_map); reads go on.
+            if state == .invalid || (state == .overflow && bio.op == .write) { return .kill(.ioError) }
             if let new = completed[chunk] {
                 bio.sector = (new << chunkShift) | (bio.sector & (chunkSize - 1))
                 return .remapped(to: cow)
@@ -105,7 +108,6 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
                 track(bio, chunk: chunk)
                 return .remapped(to: originDevice)
             }
-            if state == .overflow { return .kill(.ioError) }
             let exception: PendingException
             if let existing = pending[chunk] {
                 exception = existing

@@ -88,6 +88,33 @@ final class SnapshotTests: XCTestCase {
                        "the whole-chunk exceptions were committed")
     }
 
+    /// The kernel's outcomes (Tests/oracle/po-overflow.kernel): once a PO snapshot has
+    /// overflowed, every snapshot write fails, even to a chunk that has an exception; reads go
+    /// on; an origin write that needs a copy then invalidates it.
+    func testAnOverflowedSnapshotFailsEveryWrite() throws {
+        let real = MemoryDevice(name: "real", sectors: 1024, recording: false)
+        let cow = MemoryDevice(name: "cow", sectors: 128, recording: false)
+        real.fill(1, at: 0, count: 1024 * 512)
+        let origin = try liveDevice("0 1024 snapshot-origin real", real: real, cow: cow, services: services)
+        let snapshot = try liveDevice("0 1024 snapshot real cow PO 8", real: real, cow: cow, services: services)
+        for chunk in 0..<UInt64(14) {
+            XCTAssertEqual(write(snapshot, sector: chunk * 8, sectors: 8, value: 2), .ok, "chunk \(chunk) fits")
+        }
+        XCTAssertEqual(write(snapshot, sector: 14 * 8, sectors: 8, value: 2), .ioError, "the COW is full")
+        XCTAssertEqual(snapshot.live?.lines(.info), ["0 1024 snapshot Overflow"])
+        XCTAssertEqual(write(snapshot, sector: 0, sectors: 8, value: 3), .ioError, "a chunk with an exception")
+        XCTAssertEqual(write(snapshot, sector: 1, sectors: 1, value: 3), .ioError, "part of it")
+        XCTAssertEqual(write(snapshot, sector: 160, sectors: 8, value: 3), .ioError, "a new chunk")
+        XCTAssertEqual(read(snapshot, sector: 0), 2, "the exception's data, unchanged")
+        XCTAssertEqual(read(snapshot, sector: 240), 1, "a chunk without an exception")
+        XCTAssertEqual(write(origin, sector: 0, sectors: 8, value: 4), .ok, "no copy needed")
+        XCTAssertEqual(snapshot.live?.lines(.info), ["0 1024 snapshot Overflow"])
+        XCTAssertEqual(write(origin, sector: 320, sectors: 8, value: 4), .ok, "the origin goes on")
+        XCTAssertEqual(snapshot.live?.lines(.info), ["0 1024 snapshot Invalid"], "the copy found no room")
+        XCTAssertNil(read(snapshot, sector: 0))
+        XCTAssertEqual([0, 320].map { real.byte(at: $0 * 512) }, [4, 4])
+    }
+
     func testMergeBringsTheSnapshotsContentBackToTheOrigin() throws {
         real.fill(1, at: 0, count: 1024 * 512)
         let origin = try device("0 1024 snapshot-origin real")
