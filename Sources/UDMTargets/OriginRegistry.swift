@@ -28,6 +28,8 @@ final class Origin: @unchecked Sendable {
     let device: BlockDevice
     let lock = ConditionLock()
     private var registered: [Weak] = []
+    private let smallest = Atomic<UInt64>(0)
+    private let stale = Atomic<Bool>(false)
 
     private struct Weak {
         weak var snapshot: SnapshotTarget?
@@ -37,20 +39,55 @@ final class Origin: @unchecked Sendable {
         self.device = device
     }
 
-    /// With `lock` held: the snapshots that are still alive. A snapshot that goes away drops
-    /// out here; it must not take `lock` in its deinit, which can run right here, under the
-    /// lock, when another thread lets go of it while this loads it.
-    var snapshots: [SnapshotTarget] {
-        registered.removeAll { $0.snapshot == nil }
-        return registered.compactMap(\.snapshot)
+    /// With `lock` held: calls `body` for each snapshot still alive. A snapshot that goes away
+    /// must not take `lock` in its deinit, which can run right here, under the lock, when
+    /// another thread lets go of it while this loads it.
+    func forEachSnapshot(_ body: (SnapshotTarget) -> Void) {
+        for entry in registered {
+            if let snapshot = entry.snapshot { body(snapshot) }
+        }
     }
 
+    /// With `lock` held: whether any live snapshot satisfies `predicate`.
+    func containsSnapshot(where predicate: (SnapshotTarget) -> Bool) -> Bool {
+        registered.contains { $0.snapshot.map(predicate) ?? false }
+    }
+
+    /// An active snapshot; origin writes now also copy out for it.
     func register(_ snapshot: SnapshotTarget) {
         lock.withLock {
-            if !snapshots.contains(where: { $0 === snapshot }) {
+            if !containsSnapshot(where: { $0 === snapshot }) {
                 registered.append(Weak(snapshot: snapshot))
             }
+            snapshotsChanged()
         }
+    }
+
+    /// A snapshot went away. Called from its deinit, which may run under `lock` or the copy
+    /// engine's lock, so it only marks the smallest chunk for recomputing.
+    func snapshotWentAway() {
+        stale.store(true, ordering: .releasing)
+    }
+
+    /// With `lock` held: drops the snapshots that went away and recomputes the smallest chunk.
+    private func snapshotsChanged() {
+        registered.removeAll { $0.snapshot == nil }
+        var chunk: UInt64 = 0
+        forEachSnapshot { snapshot in
+            if snapshot.isActive && (chunk == 0 || snapshot.chunkSize < chunk) { chunk = snapshot.chunkSize }
+        }
+        smallest.store(chunk, ordering: .releasing)
+    }
+
+    /// The smallest chunk among the active snapshots (0 if none): origin writes are cut there
+    /// (dm: get_origin_minimum_chunksize). Kept up to date as snapshots come and go, so a
+    /// write reads one word.
+    /// Call without `lock` held.
+    var smallestChunk: UInt64 {
+        if stale.exchange(false, ordering: .acquiringAndReleasing) {
+            lock.withLock { snapshotsChanged() }
+        }
+        return smallest.load(ordering: .acquiring)
     }
 
     /// An origin write may proceed only once every valid snapshot holds its own copy of the
@@ -67,7 +104,7 @@ final class Origin: @unchecked Sendable {
         var started: [PendingException] = []
         var waitOn: PendingException?
         lock.withLock {
-            for snapshot in snapshots {
+            forEachSnapshot { snapshot in
                 switch snapshot.exceptionForOriginWrite(at: sector) {
                 case .none: break
                 case .pending(let pending): waitOn = pending
@@ -80,11 +117,6 @@ final class Origin: @unchecked Sendable {
         }
         started.forEach { $0.snapshot.startCopy($0) }
         return waitOn == nil
-    }
-
-    /// The smallest chunk among the active snapshots (0 if none): origin writes are cut there.
-    var smallestChunk: UInt64 {
-        lock.withLock { snapshots.filter(\.isActive).map(\.chunkSize).min() ?? 0 }
     }
 
     /// Sends an origin write that waited for a copy through the check again, then on to the

@@ -58,7 +58,7 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         // Two live snapshots over one COW would both write its metadata. dm hands the
         // exceptions over to a reloaded table; udm does not, so it refuses.
         let cowPath = cow.name
-        if origin.lock.withLock({ origin.snapshots.contains { $0.cow.name == cowPath } }) {
+        if origin.lock.withLock({ origin.containsSnapshot { $0.cow.name == cowPath } }) {
             throw TargetError("COW device \(cowName) is in use by a live snapshot; remove that snapshot first (a snapshot's table cannot be reloaded over its own COW)", argument: 2)
         }
         let chunk = parsed.chunkSize
@@ -73,6 +73,10 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         chunkSize = store.chunkSize
         chunkShift = UInt64(chunkSize.trailingZeroBitCount)
         copyEngine = context.services.copyEngine
+    }
+
+    deinit {
+        origin.snapshotWentAway()
     }
 
     public var maxIOLength: UInt64 { chunkSize }
