@@ -4,7 +4,13 @@ import UDMCore
 /// The snapshots of each origin device, shared by the snapshot-origin and snapshot targets
 /// (dm-snap.c's `_origins` hash). Kept in `TargetServices`, so one per daemon.
 final class OriginRegistry: Sendable {
-    private let origins = Mutex<[ObjectIdentifier: Origin]>([:])
+    /// Weak: the targets over an origin hold its `Origin` (and so its device); once the last
+    /// of them goes, so do they.
+    private let origins = Mutex<[ObjectIdentifier: WeakOrigin]>([:])
+
+    private struct WeakOrigin {
+        weak var origin: Origin?
+    }
 
     static func of(_ services: TargetServices) -> OriginRegistry {
         services.shared(OriginRegistry.self) { OriginRegistry() }
@@ -13,9 +19,12 @@ final class OriginRegistry: Sendable {
     /// The origin state for `device` (the origin's real device, which both targets name).
     func origin(for device: BlockDevice) -> Origin {
         origins.withLock { origins in
-            if let origin = origins[ObjectIdentifier(device)] { return origin }
+            if let origin = origins[ObjectIdentifier(device)]?.origin { return origin }
+            // Entries of origins that went away; one of them may have had this key, as a
+            // device's identifier is its address.
+            origins = origins.filter { $0.value.origin != nil }
             let origin = Origin(device: device)
-            origins[ObjectIdentifier(device)] = origin
+            origins[ObjectIdentifier(device)] = WeakOrigin(origin: origin)
             return origin
         }
     }
