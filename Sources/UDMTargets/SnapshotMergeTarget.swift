@@ -222,7 +222,7 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
         while sector < start + sectors {
             while true {
                 let copied = Completion()
-                if origin.chunkCopied(at: sector, then: { copied.signal() }) { break }
+                if origin.chunkCopied(at: sector, signal: copied) { break }
                 copied.wait()
             }
             sector += step

@@ -43,6 +43,7 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
     private var completed: [UInt64: UInt64] = [:]
     private var pending: [UInt64: PendingException] = [:]
     private var trackedReads: [UInt64: Int] = [:]
+    private var spareExceptions: [PendingException] = []
     private var state = State.valid
     private(set) var isActive = false
 
@@ -116,6 +117,7 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
             if let existing = pending[chunk] {
                 exception = existing
             } else {
+                if origin.holdIfBusy(bio, snapshot: self) { return .submitted }
                 guard let new = store.prepare() else {
                     if storeType == "PO" {
                         state = .overflow
@@ -124,8 +126,8 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
                     }
                     return .kill(.ioError)
                 }
-                exception = PendingException(old: chunk, new: new, snapshot: self)
-                pending[chunk] = exception
+                exception = makeException(old: chunk, new: new)
+                origin.copyStarted()
                 started = exception
                 if bio.sectors == chunkSize {
                     exception.fullChunkWrite = bio
@@ -146,12 +148,33 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
     }
 
     /// A write covering the whole chunk is the exception's data: it goes to the new COW chunk
-    /// (on a copy-engine thread, which then commits) instead of a copy of the origin chunk.
+    /// (by the copy engine, which then commits) instead of a copy of the origin chunk.
     private func writeWholeChunk(_ exception: PendingException, from bio: Bio) {
-        copyEngine.perform { [self] in
-            let write = Bio(op: .write, sector: exception.new << chunkShift, sectors: chunkSize,
-                            buffer: bio.buffer, flags: bio.flags)
-            copied(exception, status: BioWaiter().run(write, on: cow))
+        exception.source = nil
+        exception.data = bio.buffer
+        exception.flags = bio.flags
+        exception.destination = cow
+        exception.destinationSector = exception.new << chunkShift
+        exception.sectors = chunkSize
+        copyEngine.submit(exception)
+    }
+
+    /// With origin.lock held: a pending exception for old → new, from the spares if there is one.
+    private func makeException(old: UInt64, new: UInt64) -> PendingException {
+        let exception = spareExceptions.popLast() ?? PendingException(snapshot: self)
+        exception.old = old
+        exception.new = new
+        pending[old] = exception
+        return exception
+    }
+
+    /// A write held back by the copy throttle goes through the mapping again.
+    func remap(_ bio: Bio) {
+        switch map(bio) {
+        case .remapped(let device): bio.submit(to: device)
+        case .submitted: break
+        case .kill(let status): bio.end(status)
+        case .requeue: bio.end(.ioError)
         }
     }
 
@@ -189,20 +212,24 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
             invalidate()
             return .none
         }
-        let exception = PendingException(old: chunk, new: new, snapshot: self)
-        pending[chunk] = exception
-        return .started(exception)
+        return .started(makeException(old: chunk, new: new))
     }
 
     func startCopy(_ exception: PendingException) {
         let start = exception.old << chunkShift
         let sectors = min(chunkSize, originDevice.sectors - start)
-        copyEngine.copy(from: originDevice, sector: start, to: [.init(cow, sector: exception.new << chunkShift)],
-                        sectors: sectors) { [self] status in copied(exception, status: status) }
+        exception.source = originDevice
+        exception.sourceSector = start
+        exception.data = nil
+        exception.flags = []
+        exception.destination = cow
+        exception.destinationSector = exception.new << chunkShift
+        exception.sectors = sectors
+        copyEngine.submit(exception)
     }
 
     /// On a copy-engine thread: the exception's chunk is on the COW device (or failed to get there).
-    private func copied(_ exception: PendingException, status: BioStatus) {
+    func copied(_ exception: PendingException, status: BioStatus) {
         if status.isOK {
             store.commit(old: exception.old, new: exception.new) { [self] ok in committed(exception, ok: ok) }
         } else {
@@ -211,9 +238,14 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         }
     }
 
-    /// The exception is durable (or failed): make it complete, then let its writes go.
+    /// The exception is durable (or failed): make it complete and a spare again, then let
+    /// its writes go (last, so that whoever waits for them finds the snapshot settled).
     private func committed(_ exception: PendingException, ok: Bool) {
-        let (snapshotBios, waiters): ([Bio], [@Sendable () -> Void]) = origin.lock.withLock {
+        var snapshotBios: [Bio] = []
+        var originBios: [Bio] = []
+        var completions: [Completion] = []
+        let new = exception.new
+        let fullChunkWrite: Bio? = origin.lock.withLock {
             if ok {
                 while trackedReads[exception.old, default: 0] > 0 { origin.lock.wait() }
                 completed[exception.old] = exception.new
@@ -221,23 +253,30 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
                 invalidate()
             }
             pending[exception.old] = nil
+            swap(&snapshotBios, &exception.snapshotBios)
+            swap(&originBios, &exception.originBios)
+            swap(&completions, &exception.completions)
             defer {
-                exception.snapshotBios = []
-                exception.waiters = []
+                exception.fullChunkWrite = nil
+                exception.source = nil
+                exception.destination = nil
+                exception.data = nil
+                spareExceptions.append(exception)
             }
-            return (exception.snapshotBios, exception.waiters)
+            return exception.fullChunkWrite
         }
-        exception.fullChunkWrite?.end(ok ? .ok : .ioError)
-        exception.fullChunkWrite = nil
+        origin.copyEnded()
+        fullChunkWrite?.end(ok ? .ok : .ioError)
         for bio in snapshotBios {
             if ok {
-                bio.sector = (exception.new << chunkShift) | (bio.sector & (chunkSize - 1))
+                bio.sector = (new << chunkShift) | (bio.sector & (chunkSize - 1))
                 bio.submit(to: cow)
             } else {
                 bio.end(.ioError)
             }
         }
-        waiters.forEach { $0() }
+        for bio in originBios { origin.retry(bio) }
+        for completion in completions { completion.signal() }
     }
 
     /// With origin.lock held: the snapshot fails from now on; the store records it (on a
