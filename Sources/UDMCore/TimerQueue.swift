@@ -9,8 +9,9 @@ public func monotonicNanoseconds() -> UInt64 {
     return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
 }
 
-/// Runs callbacks at deadlines on one thread of its own (dm: the kernel timers and the
-/// workqueue dm-delay hands expired bios to), so nothing ever sleeps on a FUSE worker.
+/// Runs callbacks at deadlines on one thread of its own (dm: the kernel timers), so nothing
+/// ever sleeps on a FUSE worker. Callbacks should be short: one that has I/O to do hands it to
+/// a context of its own (the delay target kicks its `WorkerThread`, as dm-delay its workqueue).
 ///
 /// A user makes a `Timer` once (its callback is fixed) and arms it as often as it likes; arming
 /// never allocates once the queue has room for every timer, so a target can arm per bio. Timers

@@ -8,7 +8,9 @@ import UDMCore
 /// with 6 flushes use the write set. A delay of 0 passes a class straight through. Held clones
 /// wait on one FIFO per class (each class has one delay, so a FIFO is in deadline order) and one
 /// timer of the daemon's `TimerQueue`, armed for the earliest deadline; when it fires, the
-/// timer thread submits what is due. Nothing sleeps on the submitting thread. Presuspend stops
+/// target's own worker thread submits what is due (dm: its per-target workqueue), so one delay
+/// disk's burst never holds up the timer, nor the other disks' timers. Nothing sleeps on the
+/// submitting thread. Presuspend stops
 /// delaying and sends everything held down at once, so a suspend (or reload) never waits out
 /// the delays; resume delays again.
 /// Table: the sets given (`<dev> <offset> <ms>`, 1 to 3 of them). Status: `<reads> <writes>
@@ -48,8 +50,9 @@ public final class DelayTarget: Target, @unchecked Sendable {
     private let timers: TimerQueue
     private let lock = ConditionLock()
     private var held = Held()
-    /// Set once, at the end of init (its action refers back to the target).
+    /// Set once, at the end of init (their actions refer back to the target).
     private var timer: TimerQueue.Timer!
+    private var submitter: WorkerThread!
 
     public init(arguments: [String], context: TargetContext) throws {
         guard [3, 6, 9].contains(arguments.count) else {
@@ -70,10 +73,14 @@ public final class DelayTarget: Target, @unchecked Sendable {
         self.classes = classes
         self.context = context
         timers = context.services.timers
-        timer = timers.makeTimer { [weak self] in self?.sendDue() }
+        submitter = WorkerThread { [weak self] in self?.sendDue() }
+        timer = timers.makeTimer { [weak self] in self?.submitter.kick() }
     }
 
-    deinit { timers.cancel(timer) }
+    deinit {
+        timers.cancel(timer)
+        submitter.stop()
+    }
 
     public var perBioDataSize: Int { 16 }
     public var writeZeroesBios: Int { 0 }
@@ -112,7 +119,8 @@ public final class DelayTarget: Target, @unchecked Sendable {
         return .submitted
     }
 
-    /// The timer fired: submit every held clone whose deadline has passed, re-arm for the rest.
+    /// On the submitter, after the timer fired: submit every held clone whose deadline has
+    /// passed, re-arm for the rest.
     private func sendDue() {
         let now = monotonicNanoseconds()
         var due: [3 of UnsafeMutableRawPointer?] = .init(repeating: nil)

@@ -63,7 +63,13 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
         origin = OriginRegistry.of(context.services).origin(for: originDevice)
     }
 
-    public var maxIOLength: UInt64 { chunkSize }
+    /// The merging origin cuts I/O at the smallest chunk of every snapshot of the origin,
+    /// this one included (dm: snapshot_merge_resume), so an origin write never spans two
+    /// chunks of another snapshot of which only the first would be copied out.
+    public var maxIOLength: UInt64 {
+        let others = origin.smallestChunk
+        return others == 0 ? chunkSize : min(chunkSize, others)
+    }
     /// One flush for the origin, one for the COW device.
     public var flushBios: Int { 2 }
     public var discardBios: Int { 0 }
@@ -216,7 +222,7 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
         while sector < start + sectors {
             while true {
                 let copied = Completion()
-                if origin.chunkCopied(at: sector, then: { copied.signal() }) { break }
+                if origin.chunkCopied(at: sector, signal: copied) { break }
                 copied.wait()
             }
             sector += step

@@ -11,7 +11,8 @@ import UDMExceptionStore
 /// written to the new COW chunk itself and ends once the exception is committed (as in dm).
 /// The origin's writes trigger the same copies (see `Origin`). Store `P` is persistent (the
 /// kernel's format), `PO` persistent with overflow (a snapshot write that finds the COW full
-/// fails, the snapshot stays readable), `N` transient. A full COW otherwise invalidates the snapshot: its I/O fails, the origin goes on.
+/// fails and so does every later snapshot write; the snapshot stays readable), `N` transient.
+/// A full COW otherwise invalidates the snapshot: its I/O fails, the origin goes on.
 /// Chunk size: a power of two up to 2^21 sectors, 0 meaning the header's or 32; a persistent
 /// header's chunk size wins. Table: `<origin> <COW> <P|PO|N> <chunk>`. Status:
 /// `<sectors allocated>/<total sectors> <metadata sectors>`, `Invalid` or `Overflow`.
@@ -42,6 +43,7 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
     private var completed: [UInt64: UInt64] = [:]
     private var pending: [UInt64: PendingException] = [:]
     private var trackedReads: [UInt64: Int] = [:]
+    private var spareExceptions: [PendingException] = []
     private var state = State.valid
     private(set) var isActive = false
 
@@ -57,7 +59,7 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         // Two live snapshots over one COW would both write its metadata. dm hands the
         // exceptions over to a reloaded table; udm does not, so it refuses.
         let cowPath = cow.name
-        if origin.lock.withLock({ origin.snapshots.contains { $0.cow.name == cowPath } }) {
+        if origin.lock.withLock({ origin.containsSnapshot { $0.cow.name == cowPath } }) {
             throw TargetError("COW device \(cowName) is in use by a live snapshot; remove that snapshot first (a snapshot's table cannot be reloaded over its own COW)", argument: 2)
         }
         let chunk = parsed.chunkSize
@@ -72,6 +74,10 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         chunkSize = store.chunkSize
         chunkShift = UInt64(chunkSize.trailingZeroBitCount)
         copyEngine = context.services.copyEngine
+    }
+
+    deinit {
+        origin.snapshotWentAway()
     }
 
     public var maxIOLength: UInt64 { chunkSize }
@@ -96,7 +102,9 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         var started: PendingException?
         let result: MapResult = origin.lock.withLock {
             untrack(bio)
-            if state == .invalid { return .kill(.ioError) }
+            // Once overflowed, every write fails, even to a chunk with an exception (as dm's
+            // snapshot_map); reads go on.
+            if state == .invalid || (state == .overflow && bio.op == .write) { return .kill(.ioError) }
             if let new = completed[chunk] {
                 bio.sector = (new << chunkShift) | (bio.sector & (chunkSize - 1))
                 return .remapped(to: cow)
@@ -105,11 +113,11 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
                 track(bio, chunk: chunk)
                 return .remapped(to: originDevice)
             }
-            if state == .overflow { return .kill(.ioError) }
             let exception: PendingException
             if let existing = pending[chunk] {
                 exception = existing
             } else {
+                if origin.holdIfBusy(bio, snapshot: self) { return .submitted }
                 guard let new = store.prepare() else {
                     if storeType == "PO" {
                         state = .overflow
@@ -118,8 +126,8 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
                     }
                     return .kill(.ioError)
                 }
-                exception = PendingException(old: chunk, new: new, snapshot: self)
-                pending[chunk] = exception
+                exception = makeException(old: chunk, new: new)
+                origin.copyStarted()
                 started = exception
                 if bio.sectors == chunkSize {
                     exception.fullChunkWrite = bio
@@ -140,12 +148,33 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
     }
 
     /// A write covering the whole chunk is the exception's data: it goes to the new COW chunk
-    /// (on a copy-engine thread, which then commits) instead of a copy of the origin chunk.
+    /// (by the copy engine, which then commits) instead of a copy of the origin chunk.
     private func writeWholeChunk(_ exception: PendingException, from bio: Bio) {
-        copyEngine.perform { [self] in
-            let write = Bio(op: .write, sector: exception.new << chunkShift, sectors: chunkSize,
-                            buffer: bio.buffer, flags: bio.flags)
-            copied(exception, status: BioWaiter().run(write, on: cow))
+        exception.source = nil
+        exception.data = bio.buffer
+        exception.flags = bio.flags
+        exception.destination = cow
+        exception.destinationSector = exception.new << chunkShift
+        exception.sectors = chunkSize
+        copyEngine.submit(exception)
+    }
+
+    /// With origin.lock held: a pending exception for old → new, from the spares if there is one.
+    private func makeException(old: UInt64, new: UInt64) -> PendingException {
+        let exception = spareExceptions.popLast() ?? PendingException(snapshot: self)
+        exception.old = old
+        exception.new = new
+        pending[old] = exception
+        return exception
+    }
+
+    /// A write held back by the copy throttle goes through the mapping again.
+    func remap(_ bio: Bio) {
+        switch map(bio) {
+        case .remapped(let device): bio.submit(to: device)
+        case .submitted: break
+        case .kill(let status): bio.end(status)
+        case .requeue: bio.end(.ioError)
         }
     }
 
@@ -183,20 +212,24 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
             invalidate()
             return .none
         }
-        let exception = PendingException(old: chunk, new: new, snapshot: self)
-        pending[chunk] = exception
-        return .started(exception)
+        return .started(makeException(old: chunk, new: new))
     }
 
     func startCopy(_ exception: PendingException) {
         let start = exception.old << chunkShift
         let sectors = min(chunkSize, originDevice.sectors - start)
-        copyEngine.copy(from: originDevice, sector: start, to: [.init(cow, sector: exception.new << chunkShift)],
-                        sectors: sectors) { [self] status in copied(exception, status: status) }
+        exception.source = originDevice
+        exception.sourceSector = start
+        exception.data = nil
+        exception.flags = []
+        exception.destination = cow
+        exception.destinationSector = exception.new << chunkShift
+        exception.sectors = sectors
+        copyEngine.submit(exception)
     }
 
     /// On a copy-engine thread: the exception's chunk is on the COW device (or failed to get there).
-    private func copied(_ exception: PendingException, status: BioStatus) {
+    func copied(_ exception: PendingException, status: BioStatus) {
         if status.isOK {
             store.commit(old: exception.old, new: exception.new) { [self] ok in committed(exception, ok: ok) }
         } else {
@@ -205,9 +238,14 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         }
     }
 
-    /// The exception is durable (or failed): make it complete, then let its writes go.
+    /// The exception is durable (or failed): make it complete and a spare again, then let
+    /// its writes go (last, so that whoever waits for them finds the snapshot settled).
     private func committed(_ exception: PendingException, ok: Bool) {
-        let (snapshotBios, waiters): ([Bio], [@Sendable () -> Void]) = origin.lock.withLock {
+        var snapshotBios: [Bio] = []
+        var originBios: [Bio] = []
+        var completions: [Completion] = []
+        let new = exception.new
+        let fullChunkWrite: Bio? = origin.lock.withLock {
             if ok {
                 while trackedReads[exception.old, default: 0] > 0 { origin.lock.wait() }
                 completed[exception.old] = exception.new
@@ -215,23 +253,30 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
                 invalidate()
             }
             pending[exception.old] = nil
+            swap(&snapshotBios, &exception.snapshotBios)
+            swap(&originBios, &exception.originBios)
+            swap(&completions, &exception.completions)
             defer {
-                exception.snapshotBios = []
-                exception.waiters = []
+                exception.fullChunkWrite = nil
+                exception.source = nil
+                exception.destination = nil
+                exception.data = nil
+                spareExceptions.append(exception)
             }
-            return (exception.snapshotBios, exception.waiters)
+            return exception.fullChunkWrite
         }
-        exception.fullChunkWrite?.end(ok ? .ok : .ioError)
-        exception.fullChunkWrite = nil
+        origin.copyEnded()
+        fullChunkWrite?.end(ok ? .ok : .ioError)
         for bio in snapshotBios {
             if ok {
-                bio.sector = (exception.new << chunkShift) | (bio.sector & (chunkSize - 1))
+                bio.sector = (new << chunkShift) | (bio.sector & (chunkSize - 1))
                 bio.submit(to: cow)
             } else {
                 bio.end(.ioError)
             }
         }
-        waiters.forEach { $0() }
+        for bio in originBios { origin.retry(bio) }
+        for completion in completions { completion.signal() }
     }
 
     /// With origin.lock held: the snapshot fails from now on; the store records it (on a

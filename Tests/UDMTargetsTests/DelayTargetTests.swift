@@ -142,4 +142,51 @@ final class DelayTargetTests: XCTestCase {
         XCTAssertEqual(device.live?.lines(.info), ["0 64 delay 0 0 0"])
         XCTAssertEqual([reads.seen.count, writes.seen.count], [8, 8])
     }
+    /// A device whose submissions block until `open()`: stands for a slow disk under a burst.
+    final class GateDevice: BlockDevice, @unchecked Sendable {
+        let name = "/gate"
+        let sectors: UInt64 = 256
+        var discardZeroes: Bool { false }
+        private let inner = MemoryDevice(name: "/gate-inner", sectors: 256)
+        private let opened = Completion()
+        private let lock = ConditionLock()
+        private var arrivedCount = 0
+
+        var arrived: Int { lock.withLock { arrivedCount } }
+        func open() { opened.signal() }
+
+        func submitBio(_ bio: Bio) {
+            lock.withLock { arrivedCount += 1 }
+            opened.wait()
+            bio.submit(to: inner)
+        }
+    }
+
+    /// Two delay disks on one daemon's timers: while the first one's due bio is stuck being
+    /// submitted, the second's delayed bios still go down and end (on the old design the one
+    /// timer thread submitted both, so the second waited for the first's device).
+    func testOneDelayDisksStuckSubmissionDoesNotHoldUpAnothers() throws {
+        let gate = GateDevice()
+        let services = TargetServices()
+        func table(_ text: String, _ device: BlockDevice) throws -> MappedDevice {
+            let mapped = MappedDevice(name: "d")
+            mapped.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
+                                  resolver: NamedResolver(devices: [device.name: device]), bioSetSize: 8, services: services))
+            try mapped.resume()
+            return mapped
+        }
+        let slow = try table("0 64 delay /gate 0 1", gate)
+        let other = try table("0 64 delay /r 0 1", reads)
+        defer { gate.open() }
+        let stuck = Pending(.read).start(on: slow)
+        for _ in 0..<20_000 where gate.arrived == 0 { usleep(1000) }
+        XCTAssertEqual(gate.arrived, 1, "the slow disk's read reached its device after its delay")
+        reads.fill(0x37, at: 5 * 512, count: 512)
+        let quick = Pending(.read, sector: 5).start(on: other)
+        XCTAssertEqual(quick.wait(), .ok, "the other disk's read ended while the first one's was stuck")
+        XCTAssertEqual(quick.buffer?.bytes.first, 0x37)
+        XCTAssertFalse(stuck.hasEnded)
+        gate.open()
+        XCTAssertEqual(stuck.wait(), .ok)
+    }
 }

@@ -88,6 +88,33 @@ final class SnapshotTests: XCTestCase {
                        "the whole-chunk exceptions were committed")
     }
 
+    /// The kernel's outcomes (Tests/oracle/po-overflow.kernel): once a PO snapshot has
+    /// overflowed, every snapshot write fails, even to a chunk that has an exception; reads go
+    /// on; an origin write that needs a copy then invalidates it.
+    func testAnOverflowedSnapshotFailsEveryWrite() throws {
+        let real = MemoryDevice(name: "real", sectors: 1024, recording: false)
+        let cow = MemoryDevice(name: "cow", sectors: 128, recording: false)
+        real.fill(1, at: 0, count: 1024 * 512)
+        let origin = try liveDevice("0 1024 snapshot-origin real", real: real, cow: cow, services: services)
+        let snapshot = try liveDevice("0 1024 snapshot real cow PO 8", real: real, cow: cow, services: services)
+        for chunk in 0..<UInt64(14) {
+            XCTAssertEqual(write(snapshot, sector: chunk * 8, sectors: 8, value: 2), .ok, "chunk \(chunk) fits")
+        }
+        XCTAssertEqual(write(snapshot, sector: 14 * 8, sectors: 8, value: 2), .ioError, "the COW is full")
+        XCTAssertEqual(snapshot.live?.lines(.info), ["0 1024 snapshot Overflow"])
+        XCTAssertEqual(write(snapshot, sector: 0, sectors: 8, value: 3), .ioError, "a chunk with an exception")
+        XCTAssertEqual(write(snapshot, sector: 1, sectors: 1, value: 3), .ioError, "part of it")
+        XCTAssertEqual(write(snapshot, sector: 160, sectors: 8, value: 3), .ioError, "a new chunk")
+        XCTAssertEqual(read(snapshot, sector: 0), 2, "the exception's data, unchanged")
+        XCTAssertEqual(read(snapshot, sector: 240), 1, "a chunk without an exception")
+        XCTAssertEqual(write(origin, sector: 0, sectors: 8, value: 4), .ok, "no copy needed")
+        XCTAssertEqual(snapshot.live?.lines(.info), ["0 1024 snapshot Overflow"])
+        XCTAssertEqual(write(origin, sector: 320, sectors: 8, value: 4), .ok, "the origin goes on")
+        XCTAssertEqual(snapshot.live?.lines(.info), ["0 1024 snapshot Invalid"], "the copy found no room")
+        XCTAssertNil(read(snapshot, sector: 0))
+        XCTAssertEqual([0, 320].map { real.byte(at: $0 * 512) }, [4, 4])
+    }
+
     func testMergeBringsTheSnapshotsContentBackToTheOrigin() throws {
         real.fill(1, at: 0, count: 1024 * 512)
         let origin = try device("0 1024 snapshot-origin real")
@@ -164,5 +191,46 @@ final class SnapshotMergeCorruptTests: XCTestCase {
         try merge.resume()
         for _ in 0..<200 where merge.live?.lines(.info) != ["0 1024 snapshot-merge Merge failed"] { usleep(10_000) }
         XCTAssertEqual(merge.live?.lines(.info), ["0 1024 snapshot-merge Merge failed"])
+    }
+}
+
+final class SnapshotMergeSiblingTests: XCTestCase {
+    /// While a snapshot with 16-sector chunks merges, an 8 KiB origin write must copy out both
+    /// 8-sector chunks of a sibling snapshot: the merging origin cuts I/O at the smallest chunk
+    /// of all the origin's snapshots, not its own.
+    func testAnOriginWriteDuringAMergeKeepsASiblingWithSmallerChunksIntact() throws {
+        let real = MemoryDevice(name: "real", sectors: 1024, recording: false)
+        let cow = MemoryDevice(name: "cow", sectors: 2048, recording: false)
+        let sibling = MemoryDevice(name: "sibling", sectors: 2048, recording: false)
+        let services = TargetServices()
+        func device(_ text: String) throws -> MappedDevice {
+            let device = MappedDevice(name: "d")
+            device.load(try Table(lines: TableLine.parse(text), registry: BuiltinTargets.registry,
+                                  resolver: NamedResolver(devices: ["real": real, "cow": cow, "sibling": sibling]),
+                                  bioSetSize: 4, services: services))
+            try device.resume()
+            return device
+        }
+        func write(_ device: BlockDevice, sector: UInt64, sectors: UInt64, value: UInt8) -> BioStatus {
+            let buffer = TestBuffer(sectors: Int(sectors))
+            buffer.pointer.initializeMemory(as: UInt8.self, repeating: value, count: Int(sectors) << 9)
+            return runBio(.write, on: device, sector: sector, buffer: buffer)
+        }
+        real.fill(1, at: 0, count: 1024 * 512)
+        let origin = try device("0 1024 snapshot-origin real")
+        var merging: MappedDevice? = try device("0 1024 snapshot real cow P 16")
+        XCTAssertEqual(write(merging!, sector: 0, sectors: 64, value: 3), .ok)
+        let siblingSnapshot = try device("0 1024 snapshot real sibling P 8")
+        merging = nil
+        origin.suspend()
+        let merge = try device("0 1024 snapshot-merge real cow P 16")
+        XCTAssertEqual(write(merge, sector: 512, sectors: 16, value: 2), .ok, "8 KiB, one chunk of the merging snapshot")
+        let after = TestBuffer(sectors: 16)
+        XCTAssertEqual(runBio(.read, on: siblingSnapshot, sector: 512, buffer: after), .ok)
+        XCTAssertEqual([0, 8 * 512, 16 * 512 - 1].map { after.bytes[$0] }, [1, 1, 1], "both sibling chunks kept their data")
+        XCTAssertEqual([512, 527].map { real.byte(at: $0 * 512) }, [2, 2])
+        for _ in 0..<200 where merge.live?.lines(.info) != ["0 1024 snapshot-merge 32/2048 32"] { usleep(10_000) }
+        XCTAssertEqual(merge.live?.lines(.info), ["0 1024 snapshot-merge 32/2048 32"], "the merge finished")
+        XCTAssertEqual([0, 63, 512].map { real.byte(at: $0 * 512) }, [3, 3, 2])
     }
 }
