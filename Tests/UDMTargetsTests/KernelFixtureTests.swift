@@ -98,6 +98,56 @@ final class KernelFixtureTests: XCTestCase {
         try mergeToTheEnd(table, origin: origin, cow: cow, merged: merged)
     }
 
+    /// The multi-area script's writes, replayed on udm over a fresh origin and COW: udm must
+    /// write the same COW and origin bytes as the kernel.
+    func testUDMWritesTheMultiAreaCOWTheKernelWrote() throws {
+        let fixture = try KernelFixture("multi-area")
+        let replay = try Replay(originSectors: 512, cowSectors: 320, chunkSize: 2)
+        XCTAssertEqual(SHA256.hex(replay.origin.contents()), try fixture.value("origin_before_sha256"), "the script's origin pattern")
+        var order: [UInt64] = []
+        for i: UInt64 in 0..<80 {
+            let chunk = i * 37 % 200
+            replay.write(replay.originDevice, chunk * 2, "origin write \(i) chunk \(chunk)", bytes: 1024)
+            order.append(chunk)
+        }
+        for chunk: UInt64 in 200..<230 {
+            replay.write(replay.originDevice, chunk * 2, "origin write chunk \(chunk)", bytes: 1024)
+            order.append(chunk)
+        }
+        for chunk: UInt64 in 230..<256 {
+            if chunk % 2 == 0 {
+                replay.write(replay.snapshot, chunk * 2, "snapshot write chunk \(chunk)", bytes: 1024)
+            } else {
+                replay.write(replay.snapshot, chunk * 2 + 1, "snapshot write sector \(chunk * 2 + 1)", bytes: 512)
+            }
+            order.append(chunk)
+        }
+        replay.write(replay.originDevice, 0, "origin rewrite chunk 0", bytes: 1024)
+        replay.write(replay.snapshot, 420, "snapshot write over the exception of chunk 210", bytes: 512)
+        XCTAssertEqual(order, try fixture.exceptionOrder(), "the replay makes the script's writes")
+        replay.drain()
+        XCTAssertEqual(replay.snapshot.live?.lines(.info), [try fixture.value("status")])
+        XCTAssertEqual(SHA256.hex(replay.snapshot.contents()), try fixture.value("snapshot_sha256"))
+        assertSameBytes(replay.origin.contents(), try fixture.bytes("origin"), "the origin after the writes")
+        assertSameBytes(replay.cow.contents(), try fixture.bytes("cow"), "the COW after the writes")
+    }
+
+    /// The invalidated script's writes, replayed: udm runs out of COW space at the same write
+    /// and leaves the same COW (header valid = 0, area 0 with its 6 records) as the kernel.
+    func testUDMInvalidatesTheSnapshotAsTheKernelDid() throws {
+        let fixture = try KernelFixture("invalidated")
+        let replay = try Replay(originSectors: 128, cowSectors: 16, chunkSize: 2)
+        for chunk: UInt64 in 0..<10 {
+            replay.write(replay.originDevice, chunk * 2, "origin write chunk \(chunk)", bytes: 1024)
+        }
+        replay.drain()
+        XCTAssertEqual(replay.snapshot.live?.lines(.info), [try fixture.value("status")])
+        XCTAssertEqual(try fixture.value("snapshot_read"), "failed")
+        XCTAssertEqual(runBio(.read, on: replay.snapshot, buffer: TestBuffer(sectors: 1)), .ioError)
+        XCTAssertEqual(SHA256.hex(replay.origin.contents()), try fixture.value("origin_sha256"))
+        assertSameBytes(replay.cow.contents(), try fixture.bytes("cow"), "the COW after the writes")
+    }
+
     /// Runs the merge in `table` until udm reports it done, then compares the origin and the
     /// COW with the kernel's merged ones: the whole origin, the COW's metadata chunks one by
     /// one (header and areas, which say what differs), then the whole COW.
@@ -202,6 +252,49 @@ private struct KernelFixture {
             if new % (recordsPerArea + 1) == 1 { new += 1 }
             return Record(old: old, new: new)
         }
+    }
+}
+
+/// A fresh origin (the guest scripts' pattern: sector s holds "origin sector s", space
+/// padded, newline) and zeroed COW, with a snapshot-origin and a persistent snapshot over them.
+private struct Replay {
+    let origin: MemoryDevice
+    let cow: MemoryDevice
+    let originDevice: MappedDevice
+    let snapshot: MappedDevice
+    /// One copy worker: a job queued after the others runs after them (see `drain`).
+    private let services = TargetServices(copyEngine: CopyEngine(workers: 1))
+
+    init(originSectors: UInt64, cowSectors: UInt64, chunkSize: UInt64) throws {
+        origin = MemoryDevice(name: "origin", sectors: originSectors, recording: false)
+        cow = MemoryDevice(name: "cow", sectors: cowSectors, recording: false)
+        for sector in 0..<originSectors {
+            Self.write(origin, sector, "origin sector \(sector)", bytes: 512)
+        }
+        originDevice = try makeDevice("0 \(originSectors) snapshot-origin origin", devices: [origin, cow], services: services)
+        snapshot = try makeDevice("0 \(originSectors) snapshot origin cow P \(chunkSize)", devices: [origin, cow],
+                                  services: services)
+    }
+
+    /// Writes `text`, space padded to `bytes` - 1 and a newline, at `sector` (as the scripts' put).
+    static func write(_ device: BlockDevice, _ sector: UInt64, _ text: String, bytes: Int) {
+        var data = [UInt8](text.utf8) + [UInt8](repeating: 0x20, count: bytes - 1 - text.utf8.count) + [0x0A]
+        let status = data.withUnsafeMutableBytes {
+            BioWaiter().run(Bio(op: .write, sector: sector, sectors: UInt64(bytes >> 9), buffer: $0.baseAddress!), on: device)
+        }
+        XCTAssertEqual(status, .ok, "writing \(text)")
+    }
+
+    func write(_ device: BlockDevice, _ sector: UInt64, _ text: String, bytes: Int) {
+        Self.write(device, sector, text, bytes: bytes)
+    }
+
+    /// Waits until the copy worker has run everything queued so far (an invalidation's header
+    /// write runs there after the I/O that caused it has ended).
+    func drain() {
+        let done = Completion()
+        services.copyEngine.perform { done.signal() }
+        done.wait()
     }
 }
 
