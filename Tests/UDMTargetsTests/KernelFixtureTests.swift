@@ -88,6 +88,24 @@ final class KernelFixtureTests: XCTestCase {
         try mergeToTheEnd(table, origin: origin, cow: cow, merged: merged)
     }
 
+    /// merge-powercut: the kernel resumed mid-merge's merge and lost power after copying
+    /// chunk 190 to the origin, before clearing its record: udm merges it again, as the kernel
+    /// did when it resumed.
+    func testMergeCutByPowerLossEndsAsTheKernelsResumedMerge() throws {
+        let fixture = try KernelFixture("merge-powercut")
+        let merged = try KernelFixture("merged")
+        let origin = try fixture.device("origin")
+        let cow = try fixture.device("cow")
+        XCTAssertEqual(origin.bytes(at: 190 * 1024, count: 1024), cow.bytes(at: 73 * 1024, count: 1024),
+                       "chunk 190 was copied to the origin")
+        assertSameBytes(cow.contents(), try KernelFixture("mid-merge").bytes("cow"), "the COW at the power cut")
+        let table = "0 512 snapshot-merge origin cow P 2"
+        XCTAssertEqual(try fixture.loadedStatus(table, devices: [origin, cow]), [try fixture.value("resumed_status_loaded_before")])
+        XCTAssertEqual(try fixture.value("resumed_status_end"), try merged.value("status_end"))
+        XCTAssertEqual(try fixture.value("resumed_origin_sha256"), try merged.value("origin_sha256"))
+        try mergeToTheEnd(table, origin: origin, cow: cow, merged: merged)
+    }
+
     func testMergingTheMultiAreaSnapshotGivesTheKernelsMergedOriginAndCOW() throws {
         let fixture = try KernelFixture("multi-area")
         let merged = try KernelFixture("merged")
