@@ -166,6 +166,41 @@ final class KernelFixtureTests: XCTestCase {
         assertSameBytes(replay.cow.contents(), try fixture.bytes("cow"), "the COW after the writes")
     }
 
+    /// overflowed: a PO snapshot whose COW filled up on a snapshot write. The kernel fails
+    /// every later snapshot write, even to a chunk that has an exception; reads go on.
+    func testUDMOverflowsTheSnapshotAsTheKernelDid() throws {
+        let fixture = try KernelFixture("overflowed")
+        let replay = try Replay(originSectors: 128, cowSectors: 16, chunkSize: 2, store: "PO")
+        for chunk: UInt64 in 0..<6 {
+            replay.write(replay.snapshot, chunk * 2, "snapshot write chunk \(chunk)", bytes: 1024)
+        }
+        XCTAssertEqual(replay.snapshot.live?.lines(.info), [try fixture.value("status_full")])
+        XCTAssertEqual(replay.attempt(replay.snapshot, 12, "snapshot write chunk 6", bytes: 1024), try fixture.value("write_chunk_6"))
+        XCTAssertEqual(replay.snapshot.live?.lines(.info), [try fixture.value("status_overflowed")])
+        XCTAssertEqual(replay.attempt(replay.snapshot, 2, "snapshot rewrite chunk 1", bytes: 1024), try fixture.value("write_chunk_1"),
+                       "a write to a chunk with an exception, once overflowed")
+        XCTAssertEqual(runBio(.read, on: replay.snapshot, buffer: TestBuffer(sectors: 1)).isOK ? "ok" : "failed",
+                       try fixture.value("read_chunk_0"))
+        XCTAssertEqual(replay.snapshot.live?.lines(.info), [try fixture.value("status_after")])
+        XCTAssertEqual(SHA256.hex(replay.snapshot.contents()), try fixture.value("snapshot_sha256"))
+        replay.drain()
+        assertSameBytes(replay.cow.contents(), try fixture.bytes("cow"), "the COW after the writes")
+        assertSameBytes(replay.origin.contents(), try fixture.bytes("origin"), "the origin after the writes")
+    }
+
+    /// Overflow is not recorded on the COW: loaded again, the snapshot is valid and full.
+    func testOverflowedCOWLoadsValidWithItsRecords() throws {
+        let fixture = try KernelFixture("overflowed")
+        let origin = try fixture.device("origin")
+        let cow = try fixture.device("cow")
+        let store = PersistentStore(cow: cow, chunkSize: 0)
+        var records: [KernelFixture.Record] = []
+        XCTAssertTrue(try store.read { records.append(.init(old: $0, new: $1)) })
+        XCTAssertEqual(records, KernelFixture.records(oldChunks: Array(0..<6), recordsPerArea: 64))
+        let table = "0 128 snapshot origin cow PO 2"
+        XCTAssertEqual(try fixture.loadedStatus(table, devices: [origin, cow]), [try fixture.value("status_loaded")])
+    }
+
     /// Runs the merge in `table` until udm reports it done, then compares the origin and the
     /// COW with the kernel's merged ones: the whole origin, the COW's metadata chunks one by
     /// one (header and areas, which say what differs), then the whole COW.
@@ -283,28 +318,36 @@ private struct Replay {
     /// One copy worker: a job queued after the others runs after them (see `drain`).
     private let services = TargetServices(copyEngine: CopyEngine(workers: 1))
 
-    init(originSectors: UInt64, cowSectors: UInt64, chunkSize: UInt64) throws {
+    init(originSectors: UInt64, cowSectors: UInt64, chunkSize: UInt64, store: String = "P") throws {
         origin = MemoryDevice(name: "origin", sectors: originSectors, recording: false)
         cow = MemoryDevice(name: "cow", sectors: cowSectors, recording: false)
         for sector in 0..<originSectors {
-            Self.write(origin, sector, "origin sector \(sector)", bytes: 512)
+            Self.attempt(origin, sector, "origin sector \(sector)", bytes: 512)
         }
         originDevice = try makeDevice("0 \(originSectors) snapshot-origin origin", devices: [origin, cow], services: services)
-        snapshot = try makeDevice("0 \(originSectors) snapshot origin cow P \(chunkSize)", devices: [origin, cow],
+        snapshot = try makeDevice("0 \(originSectors) snapshot origin cow \(store) \(chunkSize)", devices: [origin, cow],
                                   services: services)
     }
 
-    /// Writes `text`, space padded to `bytes` - 1 and a newline, at `sector` (as the scripts' put).
-    static func write(_ device: BlockDevice, _ sector: UInt64, _ text: String, bytes: Int) {
+    /// Writes `text`, space padded to `bytes` - 1 and a newline, at `sector` (as the scripts'
+    /// put); "ok" or "failed", as the scripts report it.
+    @discardableResult
+    static func attempt(_ device: BlockDevice, _ sector: UInt64, _ text: String, bytes: Int) -> String {
         var data = [UInt8](text.utf8) + [UInt8](repeating: 0x20, count: bytes - 1 - text.utf8.count) + [0x0A]
         let status = data.withUnsafeMutableBytes {
             BioWaiter().run(Bio(op: .write, sector: sector, sectors: UInt64(bytes >> 9), buffer: $0.baseAddress!), on: device)
         }
-        XCTAssertEqual(status, .ok, "writing \(text)")
+        return status.isOK ? "ok" : "failed"
     }
 
-    func write(_ device: BlockDevice, _ sector: UInt64, _ text: String, bytes: Int) {
-        Self.write(device, sector, text, bytes: bytes)
+    @discardableResult
+    func attempt(_ device: BlockDevice, _ sector: UInt64, _ text: String, bytes: Int) -> String {
+        Self.attempt(device, sector, text, bytes: bytes)
+    }
+
+    /// A write that must succeed.
+    func write(_ device: BlockDevice, _ sector: UInt64, _ text: String, bytes: Int, line: UInt = #line) {
+        XCTAssertEqual(attempt(device, sector, text, bytes: bytes), "ok", "writing \(text)", line: line)
     }
 
     /// Waits until the copy worker has run everything queued so far (an invalidation's header
