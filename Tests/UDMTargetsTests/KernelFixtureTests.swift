@@ -37,6 +37,22 @@ final class KernelFixtureTests: XCTestCase {
         assertSameBytes(cow.contents(), try fixture.bytes("cow"), "the COW after reading the snapshot")
     }
 
+    /// The header's chunk size wins over the table's; 0 in the table means the header's.
+    func testMultiAreaHeaderChunkSizeWinsOverTheTables() throws {
+        let fixture = try KernelFixture("multi-area")
+        let origin = try fixture.device("origin")
+        let cow = try fixture.device("cow")
+        for tableChunk in [0, 8] {
+            let table = "0 512 snapshot origin cow P \(tableChunk)"
+            let kernelLine = try fixture.value("table_loaded_chunk_\(tableChunk)")
+            // The kernel names the devices major:minor; compare what follows them.
+            XCTAssertEqual(try fixture.loadedLines(table, .table, devices: [origin, cow]).map { $0.split(separator: " ").suffix(2) },
+                           [kernelLine.split(separator: " ").suffix(2)], "table chunk size \(tableChunk)")
+        }
+        XCTAssertEqual(try fixture.loadedStatus("0 512 snapshot origin cow P 8", devices: [origin, cow]),
+                       [try fixture.value("status_loaded_chunk_8")])
+    }
+
     /// invalidated: the kernel ran out of COW space and marked the store invalid (valid = 0).
     func testInvalidatedSnapshotLoadsInvalidAndLeavesTheCOWAlone() throws {
         let fixture = try KernelFixture("invalidated")
@@ -289,11 +305,16 @@ private struct KernelFixture {
 
     /// The status of `table` loaded but never resumed (`dmsetup status --inactive`).
     func loadedStatus(_ table: String, devices: [MemoryDevice]) throws -> [String] {
+        try loadedLines(table, .info, devices: devices)
+    }
+
+    /// `kind` lines of `table` loaded but never resumed (`dmsetup status|table --inactive`).
+    func loadedLines(_ table: String, _ kind: StatusKind, devices: [MemoryDevice]) throws -> [String] {
         let device = MappedDevice(name: "probe")
         device.load(try Table(lines: TableLine.parse(table), registry: BuiltinTargets.registry,
                               resolver: NamedResolver(devices: Dictionary(uniqueKeysWithValues: devices.map { ($0.name, $0) })),
                               bioSetSize: 4, services: TargetServices()))
-        return device.loaded?.lines(.info) ?? []
+        return device.loaded?.lines(kind) ?? []
     }
 
     /// The kernel's layout for exceptions taken in `oldChunks` order into a fresh store: data
