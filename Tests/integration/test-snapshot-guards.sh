@@ -11,6 +11,9 @@ SECTORS=$((16 * 2048))
 O=$(make_image origin.img 16M)
 B=$(make_image other.img 4M)
 fill_image "$O" 1
+# Zeros where a COW header would go: a store initialised over the origin would not be refused
+# for a bad magic, it would silently overwrite these bytes.
+dd if=/dev/zero of="$O" bs=64K count=1 conv=notrunc status=none
 cp "$O" "$WORK/origin.orig"
 start_daemon
 udm_ok create origin --table "0 $SECTORS linear $O 0"
