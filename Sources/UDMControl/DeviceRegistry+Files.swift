@@ -23,6 +23,23 @@ struct FileIdentity: Hashable, Sendable {
         }
     }
 
+    /// The file behind `path` if it is a loop device: a COW on /dev/loopN over a disk's image
+    /// is that image.
+    static func loopBackingFile(_ path: String) -> String? {
+        var info = stat()
+        guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFBLK else { return nil }
+        let rdev = UInt64(info.st_rdev)
+        let major = (rdev >> 8) & 0xFFF | (rdev >> 32) & 0xFFFF_F000
+        let minor = rdev & 0xFF | (rdev >> 12) & 0xFFFF_FF00
+        let backing = try? String(contentsOfFile: "/sys/dev/block/\(major):\(minor)/loop/backing_file", encoding: .utf8)
+        return backing.map { $0.trimmingCharacters(in: .newlines) }.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// What `path` is, and for a loop device also the file behind it.
+    static func identities(_ path: String) -> [FileIdentity] {
+        [FileIdentity(path: path), loopBackingFile(path).flatMap { FileIdentity(path: $0) }].compactMap { $0 }
+    }
+
     /// The device number of the file system mounted at `mountPoint`, read from
     /// /proc/self/mountinfo (a stat of the mount would ask our own FUSE server).
     static func mountDevice(_ mountPoint: String) -> UInt64? {
@@ -53,14 +70,17 @@ struct FileIdentity: Hashable, Sendable {
 extension DeviceRegistry {
     /// Checks a COW named for `snapshot create`, before the registry lock is taken (the checks
     /// read the file, and may stat through the FUSE mount): not a udm disk, and not holding a
-    /// snapshot store unless `reuseCow`. Returns its identity if it exists.
-    func inspectCow(_ request: ControlRequest.SnapshotOptions) throws -> FileIdentity? {
+    /// snapshot store unless `reuseCow`. Returns its identities if it exists.
+    func inspectCow(_ request: ControlRequest.SnapshotOptions) throws -> [FileIdentity] {
         let cow = request.cow
-        if diskName(cow) != nil || FileIdentity.isOn(FileIdentity.mountDevice(mountPoint), path: cow) {
+        let mountDevice = FileIdentity.mountDevice(mountPoint)
+        if diskName(cow) != nil || FileIdentity.isOn(mountDevice, path: cow)
+            || FileIdentity.loopBackingFile(cow).map({ FileIdentity.isOn(mountDevice, path: $0) }) == true {
             throw ControlError("COW \(cow) is a udm disk: a COW must be a file or device of its own")
         }
-        guard let identity = FileIdentity(path: cow) else { return nil }
-        if let user = locked({ user(of: identity) }) {
+        let identities = FileIdentity.identities(cow)
+        guard !identities.isEmpty else { return [] }
+        if let user = locked({ identities.lazy.compactMap { self.user(of: $0) }.first }) {
             throw ControlError("COW \(cow) is in use by disk '\(user)'")
         }
         if request.size != nil {
@@ -72,7 +92,7 @@ extension DeviceRegistry {
         if request.reuseCow != true, let held = try storedSnapshot(cow) {
             throw ControlError("COW \(cow) already holds a snapshot store (\(held)); use --reuse-cow to adopt it, or remove/zero the file to start empty")
         }
-        return identity
+        return identities
     }
 
     /// What the snapshot store in `path` holds ("N exceptions", or that it is invalid), or nil
@@ -104,14 +124,15 @@ extension DeviceRegistry {
     func checkCows(_ lines: [TableLine], for name: String) throws {
         for line in lines where ["snapshot", "snapshot-merge"].contains(line.type) && line.arguments.count >= 2 {
             let cow = line.arguments[1]
-            guard diskName(cow) == nil else {
+            let overMount = FileIdentity.loopBackingFile(cow).map { FileIdentity.isOn(FileIdentity.mountDevice(mountPoint), path: $0) }
+            guard diskName(cow) == nil, overMount != true else {
                 throw ControlError("COW \(cow) is a udm disk: a COW must be a file or device of its own")
             }
-            guard let identity = FileIdentity(path: cow) else { continue }
-            if let user = user(of: identity, except: name) {
+            let identities = FileIdentity.identities(cow)
+            if let user = identities.lazy.compactMap({ self.user(of: $0, except: name) }).first {
                 throw ControlError("COW \(cow) is in use by disk '\(user)'")
             }
-            if diskName(line.arguments[0]) == nil, FileIdentity(path: line.arguments[0]) == identity {
+            if diskName(line.arguments[0]) == nil, !Set(FileIdentity.identities(line.arguments[0])).isDisjoint(with: identities) {
                 throw ControlError("COW \(cow) is the snapshot's origin")
             }
         }

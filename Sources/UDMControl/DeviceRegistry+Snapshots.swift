@@ -55,14 +55,14 @@ extension DeviceRegistry {
         guard request.chunkSize & (request.chunkSize &- 1) == 0, request.chunkSize <= 1 << 21 else {
             throw ControlError("--chunk-size \(request.chunkSize): a power of two up to 2097152 sectors")
         }
-        let cowIdentity = try inspectCow(request)
+        let cowIdentities = try inspectCow(request)
         let (device, real, first) = try locked { () throws -> (MappedDevice, String, Bool) in
             // Again: things may have changed while the COW was read.
             try Self.validate(name: snapshot)
             let originRecord = try record(origin)
             guard records[snapshot] == nil else { throw ControlError("disk '\(snapshot)' already exists") }
             if let refusal = snapshotRefusal(of: origin) { throw ControlError(refusal) }
-            if let cowIdentity, let user = user(of: cowIdentity) {
+            if let user = cowIdentities.lazy.compactMap({ self.user(of: $0) }).first {
                 throw ControlError("COW \(request.cow) is in use by disk '\(user)'")
             }
             let real = groups[origin]?.real ?? "\(origin)-real"

@@ -52,7 +52,7 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
                 throw ControlError("'\(name)' is on the udm mount: name a udm disk as \(prefix)NAME")
             }
             device = try ImageFile(path: name, directIO: directIO)
-            if let identity = FileIdentity(path: name) { files.insert(identity) }
+            files.formUnion(FileIdentity.identities(name))
         }
         opened[name] = device
         return device

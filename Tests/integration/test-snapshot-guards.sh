@@ -50,6 +50,12 @@ refused "is in use by disk 'origin'" snapshot create origin s --cow "$IMG/../img
 refused "is in use by disk 'other'" snapshot create origin s --cow "$B"
 refused "is a udm disk" snapshot create origin s --cow "$MNT/other"
 refused "is a udm disk" snapshot create origin s --cow "$MNT/../$(basename "$MNT")/other"
+LOOP=$(attach_loop "$O")
+refused "COW $LOOP is in use by disk 'origin'" snapshot create origin s --cow "$LOOP"
+detach_loop "$LOOP"
+LOOP=$(attach_loop "$MNT/other")
+refused "COW $LOOP is a udm disk" snapshot create origin s --cow "$LOOP"
+detach_loop "$LOOP"
 cmp "$O" "$WORK/origin.orig" || fail "the origin image changed"
 
 log "a first snapshot; a plain create or a second snapshot may not name its COW"
