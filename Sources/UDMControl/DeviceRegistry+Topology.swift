@@ -1,3 +1,6 @@
+import Foundation
+import UDMCore
+
 /// The snapshot topology as the registry's own data, saved with the disks: which origin sits
 /// on which ORIGIN-real disk, its snapshots, and the snapshot being merged into it. Commands
 /// ask these questions of the data, never of table text.
@@ -35,5 +38,25 @@ extension DeviceRegistry {
         if let origin = origin(ofSnapshot: name) { return "'\(name)' is a snapshot of '\(origin)'" }
         if let origin = origin(ofReal: name) { return "'\(name)' holds the data of '\(origin)' under its snapshots" }
         return nil
+    }
+}
+
+extension DeviceRegistry {
+    /// State saved before groups were kept has none: read them once from the restored tables
+    /// (an origin is snapshot-origin or snapshot-merge over MOUNT/REAL; its snapshots are the
+    /// snapshot disks over the same REAL). With the lock held.
+    func adoptGroupsFromTables() {
+        func line(_ name: String) -> TableLine? {
+            guard let text = records[name]?.live, let lines = try? TableLine.parse(text), lines.count == 1 else { return nil }
+            return lines[0]
+        }
+        for origin in order {
+            guard let top = line(origin), ["snapshot-origin", "snapshot-merge"].contains(top.type),
+                  let first = top.arguments.first, let real = diskName(first) else { continue }
+            let snapshots = order.filter { line($0).map { $0.type == "snapshot" && $0.arguments.first == first } ?? false }
+            let merging = top.type == "snapshot-merge" && top.arguments.count > 1
+                ? SnapshotGroup.Merge(snapshot: (top.arguments[1] as NSString).lastPathComponent, cow: top.arguments[1]) : nil
+            groups[origin] = SnapshotGroup(real: real, snapshots: snapshots, merging: merging)
+        }
     }
 }

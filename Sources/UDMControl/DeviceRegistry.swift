@@ -371,6 +371,7 @@ public final class DeviceRegistry: @unchecked Sendable {
     /// more progress is made. Returns one line per disk that could not be restored.
     func restore() throws -> [String] {
         var pending = try store.load()
+        let savedGroups = pending.contains { $0.snapshots != nil }
         // Until restored, a definition is kept as unrestored so every save in between keeps it.
         locked { unrestored = pending }
         var failures: [String: String] = [:]
@@ -404,6 +405,7 @@ public final class DeviceRegistry: @unchecked Sendable {
             }
         }
         try locked {
+            if !savedGroups { adoptGroupsFromTables() }
             // Transient snapshots did not survive; the groups forget them.
             for origin in groups.keys { groups[origin]?.snapshots.removeAll { records[$0] == nil } }
             try save()

@@ -89,12 +89,24 @@ refused "'origin-real' holds the data of 'origin'" load origin-real --table "0 $
 refused "'s2' is a snapshot of 'origin'; snapshots of snapshots" snapshot create s2 x --cow "$IMG/x.cow"
 [[ ! -e $IMG/x.cow ]] || fail "a refused snapshot create left its COW file"
 
-log "the topology is kept across a restart"
+log "the topology is kept across a restart, and read from the tables of state saved without it"
 stop_daemon
+grep -q '"snapshots"' "$STATE/devices.json" || fail "the saved state has no snapshot group"
+start_daemon
+refused "origin has snapshots s2 s3: remove them first or use --force" remove origin
+udm snapshot list >"$WORK/list.saved" || fail "snapshot list failed"
+grep -Eq '^origin +s2 ' "$WORK/list.saved" && grep -Eq '^origin +s3 ' "$WORK/list.saved" ||
+    fail "snapshot list after restart: $(cat "$WORK/list.saved")"
+stop_daemon
+python3 -c 'import json, sys
+disks = json.load(open(sys.argv[1]))
+for disk in disks: disk.pop("snapshots", None)
+json.dump(disks, open(sys.argv[1], "w"))' "$STATE/devices.json" || fail "cannot rewrite the saved state"
+grep -q '"snapshots"' "$STATE/devices.json" && fail "the snapshot groups are still in the saved state"
 start_daemon
 refused "origin has snapshots s2 s3: remove them first or use --force" remove origin
 udm snapshot list >"$WORK/list" || fail "snapshot list failed"
-grep -Eq '^origin +s2 ' "$WORK/list" && grep -Eq '^origin +s3 ' "$WORK/list" || fail "snapshot list after restart: $(cat "$WORK/list")"
+diff "$WORK/list.saved" "$WORK/list" >&2 || fail "snapshot list from old state differs"
 
 log "no merge while the origin or the snapshot is open"
 LOOP=$(attach_loop "$ORIGIN")
