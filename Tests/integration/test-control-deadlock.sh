@@ -106,3 +106,22 @@ expect_same "$(disk_file snap2)" $((4 * MiB)) "$WORK/p2" 0 "$MiB" "the held writ
 expect_same "$(disk_file snap)" $((4 * MiB)) /dev/zero 0 "$MiB" "snap keeps its point in time"
 udm snapshot list >"$WORK/list" || fail "snapshot list failed"
 grep -Eq '^data +snap2 ' "$WORK/list" || fail "snapshot list: $(cat "$WORK/list")"
+
+log "snapshot remove waits the same way, without wedging anything"
+quick suspend low || fail "suspend low: $(cat "$WORK/quick.out")"
+held_write 3 $((6 * MiB))
+timeout -k 2 60 "$UDM_BIN" snapshot remove snap2 >"$WORK/remove.out" 2>&1 &
+C=$!
+track_pid "$C"
+wait_for "snapshot remove to suspend data" suspended data
+quick ls || fail "udm ls failed while snapshot remove waits"
+quick snapshot list || fail "udm snapshot list failed while snapshot remove waits"
+quick resume low || fail "resume low: $(cat "$WORK/quick.out")"
+wait_gone "$C" 30 || fail "snapshot remove still waiting 30 s after resume low"
+rc=0
+wait "$C" || rc=$?
+((rc == 0)) || fail "snapshot remove failed (status $rc): $(cat "$WORK/remove.out")"
+wait_gone "$W" 30 || fail "the third held write still blocked after resume low"
+disk_listed snap2 && fail "snap2 still listed after snapshot remove"
+expect_same "$L" $((6 * MiB)) "$WORK/p3" 0 "$MiB" "the third held write in low's image"
+expect_same "$(disk_file snap)" $((6 * MiB)) /dev/zero 0 "$MiB" "snap keeps its point in time"
