@@ -8,8 +8,10 @@ import UDMTargets
 /// The daemon's disks by name: builds tables, drives each device's load / suspend / resume,
 /// exposes disks on the FUSE mount and saves every change in the `StateStore`.
 ///
-/// `lock` guards only the registry's data; it is never held across a wait for I/O or a call
-/// into the kernel, so every command answers while another waits. A command that must wait
+/// `lock` guards only the registry's data. It is never held across a wait for a disk's I/O
+/// (a suspend, a resume that resubmits held bios) or a FUSE notification to the kernel, so
+/// every command answers while another waits; under it only the state file and image files
+/// are touched. A command that must wait
 /// (a suspend) in the middle of its work first claims its disks as busy under the lock, waits
 /// unlocked, then takes the lock again to commit; another command on a busy disk is refused.
 /// A command runs to its end in the daemon even if its client goes away, so a client that
