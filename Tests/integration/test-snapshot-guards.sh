@@ -48,6 +48,7 @@ refused "COW $O is in use by disk 'origin'" snapshot create origin s --cow "$O"
 refused "is in use by disk 'origin'" snapshot create origin s --cow "$WORK/link.cow"
 refused "is in use by disk 'origin'" snapshot create origin s --cow "$IMG/../img/origin.img"
 refused "is in use by disk 'other'" snapshot create origin s --cow "$B"
+refused "is a udm disk" snapshot create origin s --cow "$MNT/origin"
 refused "is a udm disk" snapshot create origin s --cow "$MNT/other"
 refused "is a udm disk" snapshot create origin s --cow "$MNT/../$(basename "$MNT")/other"
 LOOP=$(attach_loop "$O")
