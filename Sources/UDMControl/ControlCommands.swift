@@ -29,7 +29,7 @@ struct ControlCommands: Sendable {
         switch request.verb {
         case .ping: return "udm \(getpid())"
         case .create: try registry.create(try name(), table: try table(), source: request.tableSource)
-        case .load: try registry.load(try name(), table: try table(), source: request.tableSource)
+        case .load: try registry.load(try name(), table: try table(), source: request.tableSource, force: request.force ?? false)
         case .suspend: try registry.suspend(try name())
         case .resume: try registry.resume(try name())
         case .clear: try registry.clear(try name())

@@ -32,9 +32,12 @@ public struct ControlRequest: Codable, Sendable {
         public var overflow: Bool
         /// Write zeros over a new COW file, so its blocks exist before the first copy.
         public var preallocate: Bool?
+        /// Adopt the snapshot store an existing COW file holds (else such a COW is refused).
+        public var reuseCow: Bool?
 
         public init(origin: String, cow: String, size: UInt64?, chunkSize: UInt64, transient: Bool, overflow: Bool,
-                    preallocate: Bool = false) {
+                    preallocate: Bool = false, reuseCow: Bool = false) {
+            self.reuseCow = reuseCow
             self.origin = origin
             self.cow = cow
             self.size = size

@@ -52,13 +52,6 @@ public final class Daemon: @unchecked Sendable {
         let commands = ControlCommands(registry: registry, requestStop: { [self] in requestStop() })
         let server = try ControlServer(path: config.socketPath) { commands.handle($0) }
         server.start()
-        // Finished merges put their origin back on its own table.
-        Thread.detachNewThread { [self] in
-            while !stopRequested.withLock({ $0 }) {
-                registry.finishMerges()
-                usleep(200_000)
-            }
-        }
         logger.info("serving disks at \(config.mountPoint), control socket \(config.socketPath)")
         ready()
 

@@ -1,78 +1,129 @@
 import Foundation
 import UDMCore
+import UDMTargets
 
 /// Merging a snapshot back into its origin, the way `lvconvert --merge` does: the snapshot
 /// disk goes away, the origin becomes snapshot-merge over ORIGIN-real and the snapshot's COW,
-/// and when the merge is done the origin is put back on snapshot-origin (if other snapshots
-/// remain) or on its own table. The merge state lives in the COW file and in the saved
-/// origin table, so a restarted daemon goes on with it.
+/// and when the merge target reports the merge done the origin is put back on snapshot-origin
+/// (if other snapshots remain) or on its own table. The merge state lives in the COW file and
+/// in the saved snapshot group, so a restarted daemon goes on with it.
 extension DeviceRegistry {
-    /// Starts merging `snapshot`; returns the origin's name.
+    /// Starts merging `snapshot`; returns the origin's name. Refused while the origin or the
+    /// snapshot is open: a file system mounted on the origin would not see its blocks change
+    /// under it (LVM defers the merge instead; udm refuses).
     public func mergeSnapshot(_ snapshot: String) throws -> String {
-        try locked {
-            guard let line = singleLine(of: snapshot, type: "snapshot") else {
+        let (origin, device, arguments) = try locked { () throws -> (String, MappedDevice, [String]) in
+            guard let origin = self.origin(ofSnapshot: snapshot), let group = groups[origin] else {
+                _ = try record(snapshot)
                 throw ControlError("'\(snapshot)' is not a snapshot")
             }
-            if let merging = names().first(where: { singleLine(of: $0, type: "snapshot-merge")?.arguments[0] == line.arguments[0] }) {
-                throw ControlError("'\(merging)' is already merging a snapshot; wait for it to finish")
+            if let merge = group.merging {
+                throw ControlError("'\(origin)' is already merging '\(merge.snapshot)'; wait for it to finish")
             }
-            guard line.arguments[2].uppercased() != "N" else {
+            let arguments = records[snapshot]?.device.live?.entries.first?.target.status(.table)
+                .split(separator: " ").map(String.init) ?? []
+            guard arguments.count == 4 else { throw ControlError("'\(snapshot)' has no snapshot table to merge") }
+            guard arguments[2].uppercased() != "N" else {
                 throw ControlError("'\(snapshot)' is transient (N); only a persistent snapshot can be merged")
             }
-            guard let origin = names().first(where: { singleLine(of: $0, type: "snapshot-origin")?.arguments[0] == line.arguments[0] }) else {
-                throw ControlError("no origin found for snapshot '\(snapshot)'")
+            let users = users(of: snapshot)
+            guard users.isEmpty else {
+                throw ControlError("disk '\(snapshot)' is in use by \(users.joined(separator: ", "))")
             }
-            let sectors = try record(origin).device.sectors
-            let chunk = records[snapshot]?.device.live?.entries.first?.target.status(.table).split(separator: " ").last.map(String.init)
-                ?? line.arguments[3]
-            try suspend(origin)
-            do {
-                try remove(snapshot, force: false)
-            } catch {
-                try? resume(origin)
-                throw error
+            try refuseOpen(merging: snapshot, into: origin)
+            try claim([origin, snapshot], for: "snapshot merge")
+            return (origin, try record(origin).device, arguments)
+        }
+        defer { locked { release([origin, snapshot]) } }
+        device.suspend()
+        do {
+            try locked {
+                // Opened while the origin's I/O drained?
+                try refuseOpen(merging: snapshot, into: origin)
+                guard let snapshotTable = records[snapshot]?.live else { throw ControlError("'\(snapshot)' has no live table") }
+                // The snapshot's target must be gone before the merge target takes over its COW.
+                _ = dropDisk(snapshot)
+                do {
+                    try loadTable(origin, table: "0 \(device.sectors) snapshot-merge \(arguments[0]) \(arguments[1]) P \(arguments[3])",
+                                  source: "merge table")
+                } catch {
+                    // The COW is intact: put the snapshot disk back as it was.
+                    try? insertDisk(snapshot, table: snapshotTable, source: "snapshot table")
+                    throw error
+                }
+                groups[origin]?.snapshots.removeAll { $0 == snapshot }
+                groups[origin]?.merging = SnapshotGroup.Merge(snapshot: snapshot, cow: arguments[1])
+                try save()
             }
-            do {
-                try load(origin, table: "0 \(sectors) snapshot-merge \(line.arguments[0]) \(line.arguments[1]) P \(chunk)",
-                         source: "merge table")
-                try resume(origin)
-            } catch {
-                // The snapshot disk is gone but its COW is intact: recreate it, keep the origin as it was.
-                try? clear(origin)
-                try? create(snapshot, table: "0 \(sectors) snapshot \(line.arguments.joined(separator: " "))",
-                            source: "snapshot table")
-                try? resume(origin)
-                throw error
+        } catch {
+            try? device.resume()
+            throw error
+        }
+        try resumeClaimed(origin, device)
+        watchMerge(origin)
+        return origin
+    }
+
+    private func refuseOpen(merging snapshot: String, into origin: String) throws {
+        for disk in [origin, snapshot] {
+            let count = fuse.openCount(name: disk)
+            guard count == 0 else {
+                throw ControlError("cannot merge '\(snapshot)' while '\(disk)' is open (\(count) handle\(count == 1 ? "" : "s")): unmount it, detach its loop device or close the file first")
             }
-            return origin
         }
     }
 
-    /// Puts every origin whose merge has finished back on its own table (or on snapshot-origin
-    /// while other snapshots remain). Run periodically by the daemon.
-    func finishMerges() {
-        locked {
-            for origin in names() {
-                guard let line = singleLine(of: origin, type: "snapshot-merge"), let real = diskName(line.arguments[0]),
-                      let status = records[origin]?.device.live?.entries.first?.target.status(.info),
-                      let usage = Self.parseUsage(status), usage.allocated == usage.metadata else { continue }
-                let others = names().contains { singleLine(of: $0, type: "snapshot")?.arguments[0] == line.arguments[0] }
-                do {
-                    try suspend(origin)
-                    if others {
-                        let sectors = records[origin]?.device.sectors ?? 0
-                        try load(origin, table: "0 \(sectors) snapshot-origin \(line.arguments[0])", source: "origin table")
-                        try resume(origin)
-                    } else if let table = records[real]?.live {
-                        try load(origin, table: table, source: "\(real)'s table")
-                        try resume(origin)
-                        try remove(real, force: false)
-                    }
-                } catch {
-                    try? resume(origin)
-                }
-            }
+    /// Has `origin`'s merge target report when the merge is done; the finish then runs on the
+    /// registry's own queue, never on the target's thread or under its locks.
+    func watchMerge(_ origin: String) {
+        let target = locked { records[origin]?.device.live?.entries.first?.target as? SnapshotMergeTarget }
+        target?.whenMerged { [self] in mergeFinisher.async { [self] in finishMerge(origin) } }
+    }
+
+    /// Puts an origin whose merge is done back on its own table (or on snapshot-origin while
+    /// other snapshots remain) and removes ORIGIN-real when no snapshot needs it.
+    func finishMerge(_ origin: String) {
+        enum Next { case done, retry, finish(MappedDevice, SnapshotGroup) }
+        let next = locked { () -> Next in
+            guard let group = groups[origin], group.merging != nil, let device = records[origin]?.device,
+                  let target = device.live?.entries.first?.target as? SnapshotMergeTarget,
+                  let usage = Self.parseUsage(target.status(.info)), usage.allocated == usage.metadata else { return .done }
+            // Another command is working on the origin: come back once it is through.
+            guard (try? claim([origin, group.real], for: "merge finish")) != nil else { return .retry }
+            return .finish(device, group)
         }
+        guard case .finish(let device, let group) = next else {
+            if case .retry = next { mergeFinisher.asyncAfter(deadline: .now() + 0.2) { [self] in finishMerge(origin) } }
+            return
+        }
+        defer { locked { release([origin, group.real]) } }
+        let others = !group.snapshots.isEmpty
+        device.suspend()
+        do {
+            try locked {
+                guard let table = others ? "0 \(device.sectors) snapshot-origin \(path(of: group.real))" : records[group.real]?.live else {
+                    throw ControlError("'\(group.real)' has no live table")
+                }
+                try loadTable(origin, table: table, source: others ? "origin table" : "\(group.real)'s table")
+                try save()
+            }
+            try resumeClaimed(origin, device)
+        } catch {
+            try? device.resume()
+            return
+        }
+        let realDevice = locked { () -> MappedDevice? in
+            var realDevice: MappedDevice?
+            if others {
+                groups[origin]?.merging = nil
+            } else {
+                groups[origin] = nil
+                realDevice = dropDisk(group.real)
+            }
+            try? save()
+            return realDevice
+        }
+        realDevice?.failHeldIO()
     }
 
     struct Usage {

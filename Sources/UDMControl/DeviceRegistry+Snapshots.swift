@@ -7,13 +7,6 @@ import UDMCore
 /// `ORIGIN-real` disk, the origin becomes `snapshot-origin` over it, and each snapshot is a
 /// `snapshot` disk over the same real disk and its own COW file.
 extension DeviceRegistry {
-    /// The single line of a disk's live table, if it is of `type`.
-    func singleLine(of name: String, type: String) -> TableLine? {
-        guard let text = records[name]?.live, let lines = try? TableLine.parse(text),
-              lines.count == 1, lines[0].type == type else { return nil }
-        return lines[0]
-    }
-
     /// The disk a `MOUNT/NAME` argument names, if it is one.
     func diskName(_ argument: String) -> String? {
         let prefix = mountPoint.hasSuffix("/") ? mountPoint : mountPoint + "/"
@@ -24,66 +17,116 @@ extension DeviceRegistry {
         (mountPoint.hasSuffix("/") ? mountPoint : mountPoint + "/") + disk
     }
 
+    /// The target types of a disk's live table.
+    func targetTypes(of name: String) -> Set<String> {
+        Set(records[name]?.device.live?.entries.map { type(of: $0.target).name } ?? [])
+    }
+
+    /// Why ORIGIN cannot be snapshotted, if it cannot.
+    private func snapshotRefusal(of origin: String) -> String? {
+        if let owner = self.origin(ofSnapshot: origin) {
+            return "'\(origin)' is a snapshot of '\(owner)'; snapshots of snapshots are not supported"
+        }
+        if let owner = self.origin(ofReal: origin) {
+            return "'\(origin)' holds the data of '\(owner)' under its snapshots; snapshot '\(owner)' instead"
+        }
+        if let merge = groups[origin]?.merging {
+            return "'\(origin)' is merging '\(merge.snapshot)'; wait for the merge to finish"
+        }
+        if groups[origin] == nil, !targetTypes(of: origin).isDisjoint(with: ["snapshot", "snapshot-origin", "snapshot-merge"]) {
+            return "'\(origin)' has a snapshot table of its own making; snapshot a disk with a plain table"
+        }
+        return nil
+    }
+
     /// Suspends ORIGIN (holding its I/O), moves its table to ORIGIN-real if this is its first
     /// snapshot, creates the snapshot disk, and resumes ORIGIN as snapshot-origin. On failure
     /// everything is put back as it was.
     public func createSnapshot(_ snapshot: String, _ request: ControlRequest.SnapshotOptions) throws {
+        let origin = request.origin
         try locked {
-            let origin = request.origin
+            try Self.validate(name: snapshot)
+            _ = try record(origin)
+            try checkIdle(origin)
+            guard records[snapshot] == nil else { throw ControlError("disk '\(snapshot)' already exists") }
+            if let refusal = snapshotRefusal(of: origin) { throw ControlError(refusal) }
+        }
+        guard request.cow.hasPrefix("/") else { throw ControlError("--cow must be an absolute path: \(request.cow)") }
+        guard request.chunkSize & (request.chunkSize &- 1) == 0, request.chunkSize <= 1 << 21 else {
+            throw ControlError("--chunk-size \(request.chunkSize): a power of two up to 2097152 sectors")
+        }
+        let cowIdentities = try inspectCow(request)
+        let (device, real, first) = try locked { () throws -> (MappedDevice, String, Bool) in
+            // Again: things may have changed while the COW was read.
             try Self.validate(name: snapshot)
             let originRecord = try record(origin)
             guard records[snapshot] == nil else { throw ControlError("disk '\(snapshot)' already exists") }
-            guard singleLine(of: origin, type: "snapshot") == nil else {
-                throw ControlError("'\(origin)' is a snapshot; snapshots of snapshots are not supported")
+            if let refusal = snapshotRefusal(of: origin) { throw ControlError(refusal) }
+            if let user = cowIdentities.lazy.compactMap({ self.user(of: $0) }).first {
+                throw ControlError("COW \(request.cow) is in use by disk '\(user)'")
             }
-            guard request.cow.hasPrefix("/") else { throw ControlError("--cow must be an absolute path: \(request.cow)") }
-            guard request.chunkSize & (request.chunkSize &- 1) == 0, request.chunkSize <= 1 << 21 else {
-                throw ControlError("--chunk-size \(request.chunkSize): a power of two up to 2097152 sectors")
-            }
-            let sectors = originRecord.device.sectors
-            let existingReal = singleLine(of: origin, type: "snapshot-origin").flatMap { diskName($0.arguments[0]) }
-            let real = existingReal ?? "\(origin)-real"
-            if existingReal == nil, records[real] != nil { throw ControlError("disk '\(real)' already exists") }
-            let createdCow = try makeCowFile(request, originSectors: sectors)
-            var createdReal = false
-            var loadedOrigin = false
+            let real = groups[origin]?.real ?? "\(origin)-real"
+            let first = groups[origin] == nil
+            if first, records[real] != nil { throw ControlError("disk '\(real)' already exists") }
+            guard let table = originRecord.live else { throw ControlError("'\(origin)' has no live table") }
+            try claim([origin, snapshot, real], for: "snapshot create")
             do {
-                if existingReal == nil {
-                    guard let table = originRecord.live else { throw ControlError("'\(origin)' has no live table") }
-                    try create(real, table: table, source: "\(origin)'s table")
-                    createdReal = true
+                if first {
+                    try insertDisk(real, table: table, source: "\(origin)'s table")
+                    try save()
                 }
-                try suspend(origin)
-                if existingReal == nil {
-                    try load(origin, table: "0 \(sectors) snapshot-origin \(path(of: real))", source: "origin table")
-                    loadedOrigin = true
-                }
-                let store = request.transient ? "N" : request.overflow ? "PO" : "P"
-                try create(snapshot, table: "0 \(sectors) snapshot \(path(of: real)) \(request.cow) \(store) \(request.chunkSize)",
-                           source: "snapshot table")
-                try resume(origin)
             } catch {
-                if loadedOrigin { try? clear(origin) }
-                try? resume(origin)
-                if createdReal { try? remove(real, force: false) }
-                if createdCow { unlink(request.cow) }
+                if first { _ = dropDisk(real) }
+                release([origin, snapshot, real])
                 throw error
             }
+            return (originRecord.device, real, first)
+        }
+        defer { locked { release([origin, snapshot, real]) } }
+        var createdCow = false
+        var loaded = false
+        var created = false
+        do {
+            createdCow = try makeCowFile(request, originSectors: device.sectors)
+            device.suspend()
+            try locked {
+                if first {
+                    try loadTable(origin, table: "0 \(device.sectors) snapshot-origin \(path(of: real))", source: "origin table")
+                    loaded = true
+                }
+                let store = request.transient ? "N" : request.overflow ? "PO" : "P"
+                try insertDisk(snapshot, table: "0 \(device.sectors) snapshot \(path(of: real)) \(request.cow) \(store) \(request.chunkSize)",
+                               source: "snapshot table")
+                created = true
+                groups[origin, default: SnapshotGroup(real: real, snapshots: [])].snapshots.append(snapshot)
+                try save()
+            }
+            try resumeClaimed(origin, device)
+        } catch {
+            let dropped = locked { () -> MappedDevice? in
+                let dropped = created ? dropDisk(snapshot) : nil
+                groups[origin]?.snapshots.removeAll { $0 == snapshot }
+                if loaded { clearTable(origin) }
+                return dropped
+            }
+            dropped?.failHeldIO()
+            try? device.resume()
+            locked {
+                if first {
+                    groups[origin] = nil
+                    _ = dropDisk(real)
+                }
+                try? save()
+            }
+            if createdCow { unlink(request.cow) }
+            throw error
         }
     }
 
     /// Creates the COW file if it does not exist (sparse, or written with zeros if asked: either
     /// way a fresh store); returns whether it did.
     private func makeCowFile(_ request: ControlRequest.SnapshotOptions, originSectors: UInt64) throws -> Bool {
-        if FileManager.default.fileExists(atPath: request.cow) {
-            if request.size != nil {
-                throw ControlError("COW file \(request.cow) already exists; leave out --size to use it as it is")
-            }
-            if request.preallocate == true {
-                throw ControlError("COW file \(request.cow) already exists; --preallocate is for a new file")
-            }
-            return false
-        }
+        if FileManager.default.fileExists(atPath: request.cow) { return false }
         let chunk = request.chunkSize == 0 ? 32 : request.chunkSize
         let bytes: UInt64
         if let size = request.size {
@@ -119,53 +162,79 @@ extension DeviceRegistry {
     /// Removes a snapshot disk; when it was the origin's last, reloads the origin with its real
     /// table and removes ORIGIN-real. The COW file stays.
     public func removeSnapshot(_ name: String, force: Bool) throws {
-        try locked {
-            guard let line = singleLine(of: name, type: "snapshot"), let real = diskName(line.arguments[0]) else {
+        let (origin, device, originDevice, real, isOpen, last) = try locked {
+            () throws -> (String, MappedDevice, MappedDevice, String, Bool, Bool) in
+            guard let origin = self.origin(ofSnapshot: name), let group = groups[origin] else {
+                _ = try record(name)
                 throw ControlError("'\(name)' is not a snapshot")
             }
-            let origin = records.keys.sorted().first { singleLine(of: $0, type: "snapshot-origin")?.arguments[0] == path(of: real) }
-            if let origin { try suspend(origin) }
-            do {
-                try remove(name, force: force)
-            } catch {
-                if let origin { try? resume(origin) }
-                throw error
+            let device = try record(name).device
+            let originDevice = try record(origin).device
+            let users = users(of: name)
+            guard users.isEmpty else {
+                throw ControlError("disk '\(name)' is in use by \(users.joined(separator: ", "))")
             }
-            let others = records.keys.filter { singleLine(of: $0, type: "snapshot")?.arguments[0] == path(of: real) }
-            guard let origin else { return }
-            if others.isEmpty, let table = records[real]?.live {
-                try load(origin, table: table, source: "\(real)'s table")
-                try resume(origin)
-                try remove(real, force: false)
-            } else {
-                try resume(origin)
+            let openCount = fuse.openCount(name: name)
+            if openCount > 0 && !force {
+                throw ControlError("snapshot '\(name)' is open (\(openCount) handle\(openCount == 1 ? "" : "s")); close it or use --force")
             }
+            let last = group.snapshots == [name] && group.merging == nil
+            try claim([origin, name] + (last ? [group.real] : []), for: "snapshot remove")
+            return (origin, device, originDevice, group.real, openCount > 0, last)
         }
+        defer { locked { release([origin, name] + (last ? [real] : [])) } }
+        originDevice.suspend()
+        do {
+            if isOpen { try failAllIO(name, device) }
+            try locked {
+                _ = dropDisk(name)
+                groups[origin]?.snapshots.removeAll { $0 == name }
+                if last, let table = records[real]?.live {
+                    try loadTable(origin, table: table, source: "\(real)'s table")
+                }
+                try save()
+            }
+        } catch {
+            try? originDevice.resume()
+            throw error
+        }
+        try resumeClaimed(origin, originDevice)
+        let realDevice = try locked { () throws -> MappedDevice? in
+            guard last else { return nil }
+            groups[origin] = nil
+            let realDevice = dropDisk(real)
+            try save()
+            return realDevice
+        }
+        device.failHeldIO()
+        realDevice?.failHeldIO()
     }
 
     /// One line per snapshot: origin, snapshot, chunk size, use %, state.
     public func listSnapshots() -> String {
         locked {
             var rows = [["ORIGIN", "SNAPSHOT", "CHUNK", "USE%", "STATE"]]
-            for name in names() {
-                guard let line = singleLine(of: name, type: "snapshot"), let real = diskName(line.arguments[0]) else { continue }
-                let origin = records.keys.sorted().first { singleLine(of: $0, type: "snapshot-origin")?.arguments[0] == path(of: real) } ?? "?"
-                let status = records[name]?.device.live?.entries.first?.target.status(.info) ?? ""
-                let table = records[name]?.device.live?.entries.first?.target.status(.table).split(separator: " ") ?? []
-                let chunk = table.count == 4 ? String(table[3]) : line.arguments[3]
+            let originOf = Dictionary(groups.flatMap { group in group.value.snapshots.map { ($0, group.key) } },
+                                      uniquingKeysWith: { first, _ in first })
+            for name in order {
+                guard let origin = originOf[name], let target = records[name]?.device.live?.entries.first?.target else { continue }
+                let status = target.status(.info)
+                let table = target.status(.table).split(separator: " ")
+                let chunk = table.count == 4 ? String(table[3]) : "-"
                 var use = "-"
                 var state = status
                 let parts = status.split(separator: " ").first?.split(separator: "/") ?? []
                 if parts.count == 2, let allocated = Double(parts[0]), let total = Double(parts[1]), total > 0 {
                     use = String(format: "%.2f", allocated / total * 100)
-                    state = line.arguments[2].uppercased() == "N" ? "active (transient)" : "active"
+                    state = table.count == 4 && table[2].uppercased() == "N" ? "active (transient)" : "active"
                 }
                 rows.append([origin, name, chunk, use, state])
             }
-            for name in names() {
-                guard let line = singleLine(of: name, type: "snapshot-merge"),
-                      let status = records[name]?.device.live?.entries.first?.target.status(.info) else { continue }
-                let cowFile = (line.arguments[1] as NSString).lastPathComponent
+            for name in order {
+                guard let merge = groups[name]?.merging,
+                      let target = records[name]?.device.live?.entries.first?.target else { continue }
+                let status = target.status(.info)
+                let chunk = target.status(.table).split(separator: " ").last.map(String.init) ?? "-"
                 let state: String
                 if let usage = Self.parseUsage(status) {
                     let left = Double(usage.allocated - min(usage.metadata, usage.allocated)) * 512 / 1_048_576
@@ -173,7 +242,7 @@ extension DeviceRegistry {
                 } else {
                     state = status
                 }
-                rows.append([name, "(\(cowFile))", line.arguments[3], "-", state])
+                rows.append([name, "(\((merge.cow as NSString).lastPathComponent))", chunk, "-", state])
             }
             for name in lostSnapshots {
                 rows.append(["?", name, "-", "-", "lost: transient, gone with the previous daemon"])

@@ -8,8 +8,14 @@ import UDMTargets
 /// The daemon's disks by name: builds tables, drives each device's load / suspend / resume,
 /// exposes disks on the FUSE mount and saves every change in the `StateStore`.
 ///
-/// Control operations are serialised by one lock, except for the wait in suspend (which can
-/// depend on another disk being resumed, so it must not hold the lock).
+/// `lock` guards only the registry's data. It is never held across a wait for a disk's I/O
+/// (a suspend, a resume that resubmits held bios) or a FUSE notification to the kernel, so
+/// every command answers while another waits; under it only the state file and image files
+/// are touched. A command that must wait
+/// (a suspend) in the middle of its work first claims its disks as busy under the lock, waits
+/// unlocked, then takes the lock again to commit; another command on a busy disk is refused.
+/// A command runs to its end in the daemon even if its client goes away, so a client that
+/// gives up never leaves a change half done.
 public final class DeviceRegistry: @unchecked Sendable {
     struct Record {
         let device: MappedDevice
@@ -17,7 +23,17 @@ public final class DeviceRegistry: @unchecked Sendable {
         var inactive: String?
         var liveDisks: Set<String> = []
         var inactiveDisks: Set<String> = []
+        var liveFiles: Set<FileIdentity> = []
+        var inactiveFiles: Set<FileIdentity> = []
         var stacksOn: Set<String> { liveDisks.union(inactiveDisks) }
+        var files: Set<FileIdentity> { liveFiles.union(inactiveFiles) }
+    }
+
+    /// A table built for a disk, with what it uses.
+    struct Built {
+        let table: Table
+        let disks: Set<String>
+        let files: Set<FileIdentity>
     }
 
     let config: DaemonConfig
@@ -25,15 +41,24 @@ public final class DeviceRegistry: @unchecked Sendable {
     private let store: StateStore
     /// Shared by every table this daemon builds (the copy engine, the snapshot origins).
     private let services = TargetServices()
-    private let lock = NSRecursiveLock()
+    private let lock = NSLock()
+    // Guarded by lock, as is everything below.
     private(set) var records: [String: Record] = [:]
     /// Creation order, so that saved definitions restore lower disks first.
     private(set) var order: [String] = []
+    /// Snapshot groups by origin.
+    var groups: [String: SnapshotGroup] = [:]
+    /// Disks a command is working on unlocked, with the command's name.
+    private var busy: [String: String] = [:]
+    /// Names whose kernel cache entry goes stale; invalidated once the lock is released.
+    private var staleEntries: [String] = []
     /// Saved definitions that could not be restored; kept so that nothing is forgotten.
     private var unrestored: [StateStore.Definition] = []
     /// Transient snapshots found in the saved definitions at start: their contents died with
     /// the previous daemon, so they are reported, not restored.
     private(set) var lostSnapshots: [String] = []
+    /// Finished merges are completed here, never on the merge target's thread.
+    let mergeFinisher = DispatchQueue(label: "udm.merge-finisher")
 
     init(config: DaemonConfig, fuse: FuseFileSystem) {
         self.config = config
@@ -51,9 +76,15 @@ public final class DeviceRegistry: @unchecked Sendable {
         }
     }
 
+    /// Runs `body` under the registry lock, then tells the kernel of the disks that came or went.
     func locked<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock()
-        defer { lock.unlock() }
+        defer {
+            let stale = staleEntries
+            staleEntries = []
+            lock.unlock()
+            stale.forEach { fuse.invalidate(name: $0) }
+        }
         return try body()
     }
 
@@ -61,6 +92,25 @@ public final class DeviceRegistry: @unchecked Sendable {
         guard let record = records[name] else { throw ControlError("no disk named '\(name)'") }
         return record
     }
+
+    // MARK: busy claims
+
+    /// Refuses if a command is working on `name`.
+    func checkIdle(_ name: String) throws {
+        if let command = busy[name] { throw ControlError("disk \(name) is busy: \(command) in progress") }
+    }
+
+    /// Marks `names` busy with `command` (all or none).
+    func claim(_ names: [String], for command: String) throws {
+        try names.forEach(checkIdle)
+        names.forEach { busy[$0] = command }
+    }
+
+    func release(_ names: [String]) {
+        names.forEach { busy[$0] = nil }
+    }
+
+    // MARK: building blocks, with the lock held
 
     /// Whether disk `a`'s tables reach disk `b`.
     private func dependsOn(_ a: String, _ b: String) -> Bool {
@@ -75,18 +125,110 @@ public final class DeviceRegistry: @unchecked Sendable {
         return false
     }
 
-    private func build(_ text: String, source: String?, for name: String) throws -> (Table, Set<String>) {
-        let resolver = TableResolver(owner: name, mountPoint: config.mountPoint, directIO: config.directIO,
+    func build(_ text: String, source: String?, for name: String) throws -> Built {
+        let resolver = TableResolver(owner: name, mountPoint: config.mountPoint,
+                                     mountDevice: FileIdentity.mountDevice(config.mountPoint), directIO: config.directIO,
                                      lookup: { [records] in records[$0]?.device },
                                      dependsOn: { [unowned self] in self.dependsOn($0, $1) })
-        let result = Result { () throws(TableError) -> Table in
-            try Table(lines: try TableLine.parse(text), registry: BuiltinTargets.registry, resolver: resolver,
-                      bioSetSize: config.bioSetSize, services: services)
+        let parsed = Result { () throws(TableError) -> [TableLine] in try TableLine.parse(text) }
+        // Before any target is built: a snapshot target reads (and may initialise) its COW.
+        if case .success(let lines) = parsed { try checkCows(lines, for: name) }
+        let result = parsed.flatMap { lines in
+            Result { () throws(TableError) -> Table in
+                try Table(lines: lines, registry: BuiltinTargets.registry, resolver: resolver,
+                          bioSetSize: config.bioSetSize, services: services)
+            }
         }
         switch result {
-        case .success(let table): return (table, resolver.disks)
+        case .success(let table): return Built(table: table, disks: resolver.disks, files: resolver.files)
         case .failure(let error): throw ControlError(source.map { "\($0): \(error)" } ?? "\(error)")
         }
+    }
+
+    /// Creates a disk, live at once (a new device holds no I/O, so its resume waits for nothing).
+    func insertDisk(_ name: String, table text: String, source: String?) throws {
+        guard records[name] == nil else { throw ControlError("disk '\(name)' already exists") }
+        let built = try build(text, source: source, for: name)
+        let device = MappedDevice(name: name)
+        device.load(built.table)
+        try device.resume()
+        records[name] = Record(device: device, live: text, liveDisks: built.disks, liveFiles: built.files)
+        order.append(name)
+        fuse.add(name: name, device: device)
+        staleEntries.append(name)
+    }
+
+    /// Puts a table in `name`'s inactive slot.
+    func loadTable(_ name: String, table text: String, source: String?) throws {
+        var record = try record(name)
+        let built = try build(text, source: source, for: name)
+        record.device.load(built.table)
+        record.inactive = text
+        record.inactiveDisks = built.disks
+        record.inactiveFiles = built.files
+        records[name] = record
+    }
+
+    /// Drops `name`'s inactive table.
+    func clearTable(_ name: String) {
+        guard var record = records[name] else { return }
+        record.device.clear()
+        record.inactive = nil
+        record.inactiveDisks = []
+        record.inactiveFiles = []
+        records[name] = record
+    }
+
+    /// After the device's resume: what was loaded is now live.
+    func promoteLoaded(_ name: String) {
+        guard var record = records[name], let inactive = record.inactive, record.device.loaded == nil else { return }
+        record.live = inactive
+        record.liveDisks = record.inactiveDisks
+        record.liveFiles = record.inactiveFiles
+        record.inactive = nil
+        record.inactiveDisks = []
+        record.inactiveFiles = []
+        records[name] = record
+    }
+
+    /// Takes a disk out of the registry and off the mount; returns its device, whose held I/O
+    /// the caller fails once the lock is released.
+    func dropDisk(_ name: String) -> MappedDevice? {
+        guard let record = records.removeValue(forKey: name) else { return nil }
+        order.removeAll { $0 == name }
+        fuse.remove(name: name)
+        staleEntries.append(name)
+        return record.device
+    }
+
+    /// Disks whose tables stack on `name`.
+    func users(of name: String) -> [String] {
+        records.filter { $0.value.stacksOn.contains(name) }.map(\.key).sorted()
+    }
+
+    // MARK: steps done unlocked, on a claimed disk
+
+    /// Resumes a claimed disk (held I/O is resubmitted on this thread) and records its loaded
+    /// table as live.
+    func resumeClaimed(_ name: String, _ device: MappedDevice) throws {
+        do {
+            try device.resume()
+        } catch {
+            throw ControlError("\(error)")
+        }
+        try locked {
+            promoteLoaded(name)
+            try save()
+        }
+    }
+
+    /// `dmsetup remove --force` on a claimed open disk: waits for its I/O, then puts in a table
+    /// that fails all I/O.
+    func failAllIO(_ name: String, _ device: MappedDevice) throws {
+        device.suspend()
+        let built = try locked { try build("0 \(max(device.sectors, 1)) error", source: nil, for: name) }
+        device.load(built.table)
+        try? device.resume()
     }
 
     // MARK: verbs
@@ -94,121 +236,115 @@ public final class DeviceRegistry: @unchecked Sendable {
     public func create(_ name: String, table text: String, source: String? = nil) throws {
         try locked {
             try Self.validate(name: name)
-            guard records[name] == nil else { throw ControlError("disk '\(name)' already exists") }
-            let (table, disks) = try build(text, source: source, for: name)
-            let device = MappedDevice(name: name)
-            device.load(table)
-            try device.resume()
-            records[name] = Record(device: device, live: text, liveDisks: disks)
-            order.append(name)
-            fuse.add(name: name, device: device)
+            try checkIdle(name)
+            try insertDisk(name, table: text, source: source)
             try save()
         }
     }
 
-    public func load(_ name: String, table text: String, source: String? = nil) throws {
+    public func load(_ name: String, table text: String, source: String? = nil, force: Bool = false) throws {
         try locked {
-            var record = try record(name)
-            let (table, disks) = try build(text, source: source, for: name)
-            record.device.load(table)
-            record.inactive = text
-            record.inactiveDisks = disks
-            records[name] = record
+            try checkIdle(name)
+            _ = try record(name)
+            if !force, let role = topologyRole(of: name) {
+                throw ControlError("\(role): a new table would break its snapshots; use udm snapshot remove, or load --force")
+            }
+            try loadTable(name, table: text, source: source)
             try save()
         }
     }
 
     public func clear(_ name: String) throws {
         try locked {
-            var record = try record(name)
-            record.device.clear()
-            record.inactive = nil
-            record.inactiveDisks = []
-            records[name] = record
+            try checkIdle(name)
+            _ = try record(name)
+            clearTable(name)
             try save()
         }
     }
 
     public func suspend(_ name: String) throws {
-        let device = try locked { try record(name).device }
+        let device = try locked {
+            try checkIdle(name)
+            return try record(name).device
+        }
         device.suspend()
         try locked { try save() }
     }
 
     public func resume(_ name: String) throws {
-        // As dm's do_resume: a loaded table goes live only on a suspended device, so that no I/O
-        // still reads the old table when it is released. Suspend outside the lock (see suspend),
-        // then check again under it: another client may have resumed in between.
-        func mustSuspend(_ device: MappedDevice) -> Bool { device.loaded != nil && !device.isSuspended }
-        while true {
-            let device = try locked { try record(name).device }
-            if mustSuspend(device) { device.suspend() }
-            let resumed = try locked { () throws -> Bool in
-                var record = try record(name)
-                guard !mustSuspend(record.device) else { return false }
-                do {
-                    try record.device.resume()
-                } catch {
-                    throw ControlError("\(error)")
-                }
-                if let inactive = record.inactive {
-                    record.live = inactive
-                    record.liveDisks = record.inactiveDisks
-                    record.inactive = nil
-                    record.inactiveDisks = []
-                }
-                records[name] = record
-                try save()
-                return true
-            }
-            if resumed { return }
+        let device = try locked {
+            let device = try record(name).device
+            try claim([name], for: "resume")
+            return device
         }
+        defer { locked { release([name]) } }
+        // As dm's do_resume: a loaded table goes live only on a suspended device, so that no
+        // I/O still reads the old table when it is released.
+        if device.loaded != nil && !device.isSuspended { device.suspend() }
+        try resumeClaimed(name, device)
     }
 
     public func remove(_ name: String, force: Bool) throws {
-        try locked {
-            let record = try record(name)
-            let users = records.filter { $0.value.stacksOn.contains(name) }.map(\.key).sorted()
+        let isSnapshot = try locked {
+            _ = try record(name)
+            try checkIdle(name)
+            return origin(ofSnapshot: name) != nil
+        }
+        if isSnapshot { return try removeSnapshot(name, force: force) }
+        if force, let snapshots = locked({ groups[name]?.snapshots }) {
+            for snapshot in snapshots { try removeSnapshot(snapshot, force: true) }
+        }
+        let (device, isOpen, real) = try locked { () throws -> (MappedDevice, Bool, String?) in
+            let device = try record(name).device
+            let users = users(of: name)
             guard users.isEmpty else {
                 throw ControlError("disk '\(name)' is in use by \(users.joined(separator: ", "))")
             }
-            let openCount = fuse.openCount(name: name)
-            if openCount > 0 {
-                guard force else {
-                    throw ControlError("disk '\(name)' is open (\(openCount) handle\(openCount == 1 ? "" : "s")); close it or use --force")
+            if let group = groups[name], !force {
+                if let merge = group.merging {
+                    throw ControlError("\(name) is merging \(merge.snapshot): wait for the merge to finish or use --force")
                 }
-                // dmsetup remove --force: replace the table with one that fails all I/O.
-                let (table, _) = try build("0 \(max(record.device.sectors, 1)) error", source: nil, for: name)
-                record.device.suspend()
-                record.device.load(table)
-                try? record.device.resume()
+                throw ControlError("\(name) has snapshots \(group.snapshots.joined(separator: " ")): remove them first or use --force")
             }
-            fuse.remove(name: name)
-            records[name] = nil
-            order.removeAll { $0 == name }
-            record.device.failHeldIO()
-            try save()
+            let openCount = fuse.openCount(name: name)
+            if openCount > 0 && !force {
+                throw ControlError("disk '\(name)' is open (\(openCount) handle\(openCount == 1 ? "" : "s")); close it or use --force")
+            }
+            let real = groups[name]?.real
+            try claim([name] + (real.map { [$0] } ?? []), for: "remove")
+            return (device, openCount > 0, real)
         }
+        let claimed = [name] + (real.map { [$0] } ?? [])
+        defer { locked { release(claimed) } }
+        if isOpen { try failAllIO(name, device) }
+        let realDevice = try locked { () throws -> MappedDevice? in
+            _ = dropDisk(name)
+            groups[name] = nil
+            let realDevice = real.flatMap(dropDisk)
+            try save()
+            return realDevice
+        }
+        device.failHeldIO()
+        realDevice?.failHeldIO()
     }
 
     // MARK: reports
 
-    public func names() -> [String] { locked { order } }
-
     public func message(_ name: String, words: [String]) throws -> String {
-        try locked {
-            guard words.count >= 2, let sector = UInt64(words[0]) else {
-                throw ControlError("usage: udm message NAME SECTOR WORDS...")
-            }
-            guard let table = try record(name).device.live, sector < table.sectors else {
-                throw ControlError("sector \(sector) is outside disk '\(name)'")
-            }
-            let target = table.entries[table.entryIndex(for: sector)].target
-            do {
-                return try target.message(Array(words.dropFirst()))
-            } catch {
-                throw ControlError("\(name): \(error)")
-            }
+        guard words.count >= 2, let sector = UInt64(words[0]) else {
+            throw ControlError("usage: udm message NAME SECTOR WORDS...")
+        }
+        // The target answers outside the lock: a message may wait for the target's own work.
+        let table = try locked { try record(name).device.live }
+        guard let table, sector < table.sectors else {
+            throw ControlError("sector \(sector) is outside disk '\(name)'")
+        }
+        let target = table.entries[table.entryIndex(for: sector)].target
+        do {
+            return try target.message(Array(words.dropFirst()))
+        } catch {
+            throw ControlError("\(name): \(error)")
         }
     }
 
@@ -223,11 +359,12 @@ public final class DeviceRegistry: @unchecked Sendable {
 
     // MARK: persistence
 
-    private func save() throws {
+    /// With the lock held.
+    func save() throws {
         let definitions = order.map { name in
             let record = records[name]!
             return StateStore.Definition(name: name, table: record.live, inactive: record.inactive,
-                                         suspended: record.device.isSuspended)
+                                         suspended: record.device.isSuspended, snapshots: groups[name])
         } + unrestored
         try store.save(definitions)
     }
@@ -236,6 +373,7 @@ public final class DeviceRegistry: @unchecked Sendable {
     /// more progress is made. Returns one line per disk that could not be restored.
     func restore() throws -> [String] {
         var pending = try store.load()
+        let savedGroups = pending.contains { $0.snapshots != nil }
         // Until restored, a definition is kept as unrestored so every save in between keeps it.
         locked { unrestored = pending }
         var failures: [String: String] = [:]
@@ -255,8 +393,9 @@ public final class DeviceRegistry: @unchecked Sendable {
                     // Restored active, as LVM activates at boot: a disk left suspended would hold
                     // every I/O until someone remembers to resume it.
                     try create(definition.name, table: table, source: "saved table")
+                    if let group = definition.snapshots { locked { groups[definition.name] = group } }
                     if let inactive = definition.inactive {
-                        try load(definition.name, table: inactive, source: "saved inactive table")
+                        try load(definition.name, table: inactive, source: "saved inactive table", force: true)
                     }
                     pending.removeAll { $0.name == definition.name }
                     failures[definition.name] = nil
@@ -267,7 +406,13 @@ public final class DeviceRegistry: @unchecked Sendable {
                 }
             }
         }
-        try locked { try save() }
+        try locked {
+            if !savedGroups { adoptGroupsFromTables() }
+            // Transient snapshots did not survive; the groups forget them.
+            for origin in groups.keys { groups[origin]?.snapshots.removeAll { records[$0] == nil } }
+            try save()
+        }
+        for origin in locked({ groups.filter { $0.value.merging != nil }.map(\.key) }) { watchMerge(origin) }
         return pending.map { "\($0.name): \(failures[$0.name] ?? "not restored")" }
             + lostSnapshots.map { "\($0): a transient (N) snapshot; its exceptions lived in the previous daemon's memory and are gone" }
     }

@@ -13,6 +13,8 @@ struct StateStore {
         var inactive: String?
         /// Recorded for the operator; disks are restored active.
         var suspended: Bool
+        /// On an origin: its snapshot group (absent from files saved before groups were kept).
+        var snapshots: SnapshotGroup? = nil
     }
 
     let directory: String

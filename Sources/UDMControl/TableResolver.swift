@@ -3,22 +3,28 @@ import UDMCore
 
 /// Resolves the device arguments of one table being built: an absolute path opens an image
 /// file or block device (once per table, however many lines name it); `MOUNT/NAME` stacks on
-/// another udm disk in-process, refusing a disk that depends on the one being built.
+/// another udm disk in-process, refusing a disk that depends on the one being built. A path
+/// that reaches the udm mount some other way (a symlink, `..`) is refused: through the
+/// kernel, the daemon would wait on itself.
 final class TableResolver: DeviceResolver, @unchecked Sendable {
     private let owner: String
     private let mountPoint: String
     private let directIO: ImageFile.DirectIO
     private let lookup: (String) -> MappedDevice?
     private let dependsOn: (String, String) -> Bool
+    private let mountDevice: UInt64?
     private var opened: [String: BlockDevice] = [:]
     /// udm disks this table stacks on.
     private(set) var disks: Set<String> = []
+    /// Files and devices this table opened.
+    private(set) var files: Set<FileIdentity> = []
 
     /// `dependsOn(a, b)` tells whether disk a's tables reach disk b.
-    init(owner: String, mountPoint: String, directIO: ImageFile.DirectIO,
+    init(owner: String, mountPoint: String, mountDevice: UInt64?, directIO: ImageFile.DirectIO,
          lookup: @escaping (String) -> MappedDevice?, dependsOn: @escaping (String, String) -> Bool) {
         self.owner = owner
         self.mountPoint = mountPoint
+        self.mountDevice = mountDevice
         self.directIO = directIO
         self.lookup = lookup
         self.dependsOn = dependsOn
@@ -42,7 +48,11 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
             guard name.hasPrefix("/") else {
                 throw ControlError("'\(name)' is neither an absolute path nor \(prefix)NAME")
             }
+            guard !FileIdentity.isOn(mountDevice, path: name) else {
+                throw ControlError("'\(name)' is on the udm mount: name a udm disk as \(prefix)NAME")
+            }
             device = try ImageFile(path: name, directIO: directIO)
+            files.formUnion(FileIdentity.identities(name))
         }
         opened[name] = device
         return device

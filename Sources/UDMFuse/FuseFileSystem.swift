@@ -94,13 +94,20 @@ public final class FuseFileSystem: @unchecked Sendable {
         fuse_session_destroy(session)
     }
 
+    /// Shows `device` as MOUNT/NAME. Only the mount's own table changes: the kernel learns of it
+    /// at `invalidate`, which the caller runs outside its locks.
     public func add(name: String, device: MappedDevice) {
         directory.add(name: name, device: device)
-        _ = name.withCString { fuse_lowlevel_notify_inval_entry(session, FuseOperations.rootInode, $0, name.utf8.count) }
     }
 
+    /// Takes MOUNT/NAME away; as `add`, the kernel learns of it at `invalidate`.
     public func remove(name: String) {
         directory.remove(name: name)
+    }
+
+    /// Tells the kernel to forget what it cached for MOUNT/NAME. A call into the kernel, which
+    /// can wait for FUSE requests in progress: never make it holding a lock a request may need.
+    public func invalidate(name: String) {
         _ = name.withCString { fuse_lowlevel_notify_inval_entry(session, FuseOperations.rootInode, $0, name.utf8.count) }
     }
 

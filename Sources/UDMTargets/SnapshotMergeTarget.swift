@@ -40,6 +40,7 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
     private var failed = false
     private var running = false
     private var stopRequested = false
+    private var whenDone: (@Sendable () -> Void)?
 
     public init(arguments: [String], context: TargetContext) throws {
         let parsed = try SnapshotArguments(arguments, context: context, target: Self.name, stores: ["P"])
@@ -122,13 +123,15 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
     // MARK: the merge
 
     public func resume() {
-        let start: Bool = lock.withLock {
+        let (start, done): (Bool, (@Sendable () -> Void)?) = lock.withLock {
             stopRequested = false
-            guard !running, !failed, !exceptions.isEmpty else { return false }
+            guard !running, !failed else { return (false, nil) }
+            guard !exceptions.isEmpty else { return (false, whenDone.take()) }
             running = true
-            return true
+            return (true, nil)
         }
         if start { startThread { [self] in mergeLoop() } }
+        done?()
     }
 
     /// The merge stops while the device is suspended, and goes on at resume.
@@ -139,13 +142,30 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
         }
     }
 
+    /// Runs `done` once every exception is merged: at once if that is so already, else on the
+    /// merge thread with no lock of this target held.
+    public func whenMerged(_ done: @escaping @Sendable () -> Void) {
+        let finished: Bool = lock.withLock {
+            guard exceptions.isEmpty, !running, !failed else {
+                whenDone = done
+                return false
+            }
+            return true
+        }
+        if finished { done() }
+    }
+
     private func mergeLoop() {
         let waiter = BioWaiter()
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: CopyEngine.pieceBytes, alignment: 4096)
         defer { buffer.deallocate() }
+        var merged = false
         while lock.withLock({ !stopRequested }) {
             let batch = store.lastExceptions(limit: Self.batchChunks)
-            guard !batch.isEmpty else { break }
+            guard !batch.isEmpty else {
+                merged = true
+                break
+            }
             do {
                 try merge(batch, buffer: buffer, waiter: waiter)
             } catch {
@@ -154,10 +174,12 @@ public final class SnapshotMergeTarget: Target, @unchecked Sendable {
                 break
             }
         }
-        lock.withLock {
+        let done: (@Sendable () -> Void)? = lock.withLock {
             running = false
             lock.broadcast()
+            return merged ? whenDone.take() : nil
         }
+        done?()
     }
 
     private struct MergeError: Error {}

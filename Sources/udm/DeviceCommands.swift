@@ -22,12 +22,14 @@ struct LoadCommand: ParsableCommand {
         abstract: "Load a table into a disk's inactive slot; `udm resume` makes it live (dmsetup load/reload).",
         aliases: ["reload"])
     @Argument(help: "The disk's name.") var name: String
+    @Flag(help: "Load even over a snapshot origin, a snapshot or an ORIGIN-real disk, whose snapshots then stop working.")
+    var force = false
     @OptionGroup var tableOptions: TableOptions
     @OptionGroup var client: ClientOptions
 
     func run() throws {
         let (text, source) = tableOptions.read()
-        try client.send(ControlRequest(verb: .load, name: name, table: text, tableSource: source))
+        try client.send(ControlRequest(verb: .load, name: name, table: text, tableSource: source, force: force))
     }
 }
 
@@ -64,9 +66,10 @@ struct ClearCommand: ParsableCommand {
 struct RemoveCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "remove",
-        abstract: "Remove a disk. Refused while its file is open, unless --force.")
+        abstract: "Remove a disk. Refused while its file is open or it has snapshots, unless --force.")
     @Argument(help: "The disk's name.") var name: String
-    @Flag(help: "Remove even while open: I/O through open handles fails from then on.") var force = false
+    @Flag(help: "Remove even while open (I/O through open handles fails from then on), and an origin with its snapshots.")
+    var force = false
     @OptionGroup var client: ClientOptions
 
     func run() throws { try client.send(ControlRequest(verb: .remove, name: name, force: force)) }

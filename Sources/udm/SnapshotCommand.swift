@@ -19,7 +19,7 @@ struct SnapshotCreateCommand: ParsableCommand {
             """)
     @Argument(help: "The disk to snapshot.") var origin: String
     @Argument(help: "The new snapshot disk's name.") var snapshot: String
-    @Option(help: "The COW file; created (sparse unless --preallocate) if missing.") var cow: String
+    @Option(help: "The COW file: new, or empty (zeros); created (sparse unless --preallocate) if missing.") var cow: String
     @Option(help: "Size of a new COW file: bytes, or with K, M, G, T (default: room for a full copy of ORIGIN).")
     var size: String?
     @Option(help: "Chunk size in sectors, a power of two (0: the COW header's, else 32).") var chunkSize: UInt64 = 0
@@ -29,6 +29,8 @@ struct SnapshotCreateCommand: ParsableCommand {
     @Flag(help: ArgumentHelp("Write zeros over the new COW file so its blocks exist, like an LV.",
                              discussion: "In a sparse file each first copy makes the file system allocate, and every metadata commit then waits for its journal: first writes run about half as fast."))
     var preallocate = false
+    @Flag(help: "Adopt the snapshot store an existing COW file holds, with its exceptions (else such a COW is refused).")
+    var reuseCow = false
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
@@ -39,7 +41,7 @@ struct SnapshotCreateCommand: ParsableCommand {
     func run() throws {
         let options = ControlRequest.SnapshotOptions(origin: origin, cow: absolute(cow), size: size.flatMap(parseSize),
                                                      chunkSize: chunkSize, transient: transient, overflow: overflow,
-                                                     preallocate: preallocate)
+                                                     preallocate: preallocate, reuseCow: reuseCow)
         try client.send(ControlRequest(verb: .snapshotCreate, name: snapshot, snapshot: options))
     }
 }

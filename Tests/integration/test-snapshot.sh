@@ -100,6 +100,8 @@ udm status snap1 >"$WORK/snap1.status"
 
 log "a second table over snap1's COW is refused (no exception handover); snap1 stays as it was"
 expect_udm_error "$WORK/cow-in-use.err" load snap1 --table "$(udm table snap1)"
+grep -q "'snap1' is a snapshot of 'origin'" "$WORK/cow-in-use.err" || fail "unexpected error: $(cat "$WORK/cow-in-use.err")"
+expect_udm_error "$WORK/cow-in-use.err" load snap1 --force --table "$(udm table snap1)"
 grep -q "is in use by a live snapshot" "$WORK/cow-in-use.err" || fail "unexpected error: $(cat "$WORK/cow-in-use.err")"
 udm info snap1 | grep -q INACTIVE && fail "the refused table was kept as snap1's inactive table"
 read_at "$(disk_file snap1)" 0 $((SECTORS * 512)) direct | sha256sum | cmp -s - "$WORK/snap1.sha" ||
