@@ -43,7 +43,9 @@ struct ControlCommands: Sendable {
         case .snapshotCreate:
             guard let options = request.snapshot else { throw ControlError("snapshot create needs its options") }
             try registry.createSnapshot(try name(), options)
-        case .snapshotList: return registry.listSnapshots()
+        case .snapshotList:
+            let listing = registry.listSnapshots()
+            return request.json == true ? Reports.json(Reports.Snapshot.rows(of: listing), key: "snapshots") : listing
         case .snapshotRemove: try registry.removeSnapshot(try name(), force: request.force ?? false)
         case .snapshotMerge: return try registry.mergeSnapshot(try name())
         case .shutdown:
