@@ -13,7 +13,7 @@ struct SnapshotCreateCommand: ParsableCommand {
         commandName: "create",
         abstract: "Take a snapshot SNAP of ORIGIN, its changes kept in a COW file.",
         discussion: """
-            ORIGIN's I/O is held (not failed) while its table moves to a hidden ORIGIN-real disk \
+            ORIGIN's I/O is held (not failed) while its table moves to an ORIGIN-real disk (listed by `udm ls`) \
             and ORIGIN becomes snapshot-origin over it; SNAP appears as MOUNT/SNAP. The COW file \
             uses the Linux kernel's persistent snapshot format unless --transient.
             """)
