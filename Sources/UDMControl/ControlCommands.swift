@@ -43,10 +43,17 @@ struct ControlCommands: Sendable {
         case .snapshotCreate:
             guard let options = request.snapshot else { throw ControlError("snapshot create needs its options") }
             try registry.createSnapshot(try name(), options)
-        case .snapshotList: return registry.listSnapshots()
+        case .snapshotList:
+            let listing = registry.listSnapshots()
+            return request.json == true ? Reports.json(Reports.Snapshot.rows(of: listing), key: "snapshots") : listing
         case .snapshotRemove: try registry.removeSnapshot(try name(), force: request.force ?? false)
         case .snapshotMerge: return try registry.mergeSnapshot(try name())
         case .shutdown:
+            let open = registry.openDisks()
+            if !(request.force ?? false) && !open.isEmpty {
+                let named = open.map { "\($0.name) (\($0.handles) open)" }.joined(separator: ", ")
+                throw ControlError("refused: \(open.count == 1 ? "a disk is" : "disks are") open: \(named); unmount or detach \(open.count == 1 ? "it" : "them") first, or `udm shutdown --force`")
+            }
             requestStop()
         }
         return ""

@@ -16,7 +16,7 @@ public struct ControlRequest: Codable, Sendable {
     public var tableSource: String?
     public var force: Bool?
     public var words: [String]?
-    /// Report verbs (ls, table, status, info, stats): answer JSON instead of text.
+    /// Report verbs (ls, table, status, info, stats, snapshot-list): answer JSON instead of text.
     public var json: Bool?
     /// For stats: start the counters again from zero after reading them.
     public var clearStats: Bool?

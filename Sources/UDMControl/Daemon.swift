@@ -4,9 +4,9 @@ import Logging
 import Synchronization
 import UDMFuse
 
-/// The udm daemon: clears a stale mount left by a killed predecessor, mounts the FUSE file
-/// system, restores the saved disks, serves the control socket, and on SIGTERM, SIGINT or
-/// `udm shutdown` flushes every disk and unmounts.
+/// The udm daemon: takes the mount point's lock, clears a stale mount left by a killed
+/// predecessor, mounts the FUSE file system, restores the saved disks, serves the control
+/// socket, and on SIGTERM, SIGINT or `udm shutdown` flushes every disk and unmounts.
 public final class Daemon: @unchecked Sendable {
     private let config: DaemonConfig
     private let logger: Logger
@@ -20,6 +20,17 @@ public final class Daemon: @unchecked Sendable {
         self.logger = logger
     }
 
+    /// Fails with one line naming the first thing this user may not use (/dev/fuse), before
+    /// anything is created or started.
+    public static func checkAccess() throws {
+        let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else {
+            let reason = String(cString: strerror(errno))
+            throw ControlError("cannot open /dev/fuse: \(reason)\(geteuid() == 0 ? "" : " (udm daemon needs root)")")
+        }
+        close(fd)
+    }
+
     /// Runs until asked to stop. `ready` is called once disks are served and the socket answers.
     public func run(ready: () -> Void = {}) throws {
         // Signals are taken by one thread with sigwait; every thread made from here on
@@ -30,8 +41,11 @@ public final class Daemon: @unchecked Sendable {
         pthread_sigmask(SIG_BLOCK, &signals, nil)
         signal(SIGPIPE, SIG_IGN)
 
+        try Self.checkAccess()
         try refuseSecondDaemon()
-        clearStaleMount()
+        let mountLock = try MountLock(mountPoint: config.mountPoint, socketPath: config.socketPath)
+        defer { mountLock.release() }
+        try clearStaleMount()
         for directory in [config.mountPoint, config.stateDirectory, (config.socketPath as NSString).deletingLastPathComponent] {
             do {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -66,8 +80,18 @@ public final class Daemon: @unchecked Sendable {
         stopSignal.wait()
         server.stop()
         registry.flushActive()
-        fuse.stop(release: registry.failHeldIO)
-        logger.info("stopped")
+        let open = registry.openDisks()
+        if open.isEmpty {
+            fuse.stop(release: registry.failHeldIO)
+            logger.info("stopped")
+        } else {
+            // A FUSE mount with open files outlives its unmount, and libfuse's workers wait on
+            // it until the last close. So detach and leave without them: the process exit
+            // closes /dev/fuse, which aborts the connection, and the open handles fail.
+            umount2(config.mountPoint, Int32(MNT_DETACH))
+            registry.failHeldIO()
+            logger.warning("stopped with open disks: \(open.map(\.name).joined(separator: ", ")); their open handles fail from now on")
+        }
     }
 
     private func requestStop() {
@@ -80,21 +104,47 @@ public final class Daemon: @unchecked Sendable {
 
     /// A live daemon already answering on the socket must not be replaced.
     private func refuseSecondDaemon() throws {
-        if (try? ControlClient.send(ControlRequest(verb: .ping), socket: config.socketPath)) != nil {
-            throw ControlError("a udm daemon is already running on \(config.socketPath)")
+        if let answer = try? ControlClient.send(ControlRequest(verb: .ping), socket: config.socketPath) {
+            let pid = answer.output.split(separator: " ").last.map { "pid \($0), " } ?? ""
+            throw ControlError("a udm daemon (\(pid)socket \(config.socketPath)) is already running; stop it first with `udm shutdown --socket \(config.socketPath)`")
         }
     }
 
-    /// After kill -9 the old FUSE mount stays, with no one serving it ("Transport endpoint is
-    /// not connected"); detach it so this daemon can mount afresh.
-    private func clearStaleMount() {
+    /// After kill -9 the old FUSE mount stays, with no one serving it; detach it so this daemon
+    /// can mount afresh. The mount lock says no udm daemon serves it; the probe keeps a mount
+    /// that still answers (another FUSE server's) from being taken over all the same.
+    private func clearStaleMount() throws {
         let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
         let target = (config.mountPoint as NSString).standardizingPath
         for line in mounts.split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard fields.count >= 3, fields[1] == target, fields[2].hasPrefix("fuse") else { continue }
-            logger.warning("clearing stale mount at \(target)")
-            umount2(target, Int32(MNT_DETACH))
+            switch Self.probe(target) {
+            case .disconnected:
+                logger.warning("clearing stale mount at \(target)")
+                umount2(target, Int32(MNT_DETACH))
+            case .answers:
+                throw ControlError("\(target) is a live FUSE mount that no udm daemon holds the lock of; unmount it first")
+            case .silent:
+                throw ControlError("\(target) is a FUSE mount whose server does not answer within 5 s; unmount it first")
+            }
         }
+    }
+
+    enum MountState { case disconnected, answers, silent }
+
+    /// Stats the mount's root on a separate thread: a server that is gone answers ENOTCONN
+    /// at once, a hung one not at all, so the wait is bounded.
+    static func probe(_ path: String) -> MountState {
+        let result = Mutex<MountState?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            var info = stat()
+            let state: MountState = stat(path, &info) == 0 || errno != ENOTCONN ? .answers : .disconnected
+            result.withLock { $0 = state }
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + 5) == .success else { return .silent }
+        return result.withLock { $0 } ?? .silent
     }
 }

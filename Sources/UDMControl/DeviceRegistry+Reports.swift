@@ -1,9 +1,10 @@
 import Foundation
 import UDMCore
 
-/// What `udm ls`, `table`, `status`, `info` and `stats` report, as values: printed as text the
-/// way dmsetup prints it, or as one line of JSON (`--json`: `{"disks": [...]}`, keyed by these
-/// field names, which stay stable).
+/// What `udm ls`, `table`, `status`, `info`, `stats`, `snapshot list` and `targets` report, as
+/// values: printed as text the way dmsetup prints it, or as one line of JSON (`--json`:
+/// `{"disks": [...]}`, `{"snapshots": [...]}`, `{"targets": [...]}`, keyed by these field
+/// names, which stay stable).
 public enum Reports {
     public struct Disk: Codable, Sendable {
         public var name: String
@@ -71,10 +72,49 @@ public enum Reports {
         public var flush: Counts
     }
 
-    static func json<T: Encodable>(_ disks: [T]) -> String {
+    /// One row of `udm snapshot list`; a merge in progress shows the origin and "(COW file)".
+    public struct Snapshot: Codable, Sendable {
+        public var origin: String
+        public var snapshot: String
+        /// Chunk size in sectors, when known.
+        public var chunk: UInt64?
+        /// COW space in use, when known.
+        public var usePercent: Double?
+        public var state: String
+
+        /// The rows of the text listing: columns separated by spaces, the state last (it may
+        /// hold spaces itself); the header row is skipped.
+        static func rows(of listing: String) -> [Snapshot] {
+            listing.split(separator: "\n").dropFirst().compactMap { line in
+                var rest = Substring(line)
+                var columns: [String] = []
+                while columns.count < 4 {
+                    rest = rest.drop { $0 == " " }
+                    let word = rest.prefix { $0 != " " }
+                    guard !word.isEmpty else { return nil }
+                    columns.append(String(word))
+                    rest = rest.dropFirst(word.count)
+                }
+                return Snapshot(origin: columns[0], snapshot: columns[1], chunk: UInt64(columns[2]),
+                                usePercent: Double(columns[3]), state: String(rest.drop { $0 == " " }))
+            }
+        }
+    }
+
+    public struct TargetType: Codable, Sendable {
+        public var name: String
+        public var version: String
+
+        public init(name: String, version: String) {
+            self.name = name
+            self.version = version
+        }
+    }
+
+    public static func json<T: Encodable>(_ values: [T], key: String = "disks") -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(["disks": disks])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return (try? encoder.encode([key: values])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
 
     // MARK: text

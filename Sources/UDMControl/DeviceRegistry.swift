@@ -69,10 +69,18 @@ public final class DeviceRegistry: @unchecked Sendable {
     /// Names dmsetup allows, less "/" so a name is one file on the mount.
     static func validate(name: String) throws {
         let allowed = Set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ#+-.:=@_")
-        guard !name.isEmpty, name.count <= 127, name != ".", name != "..", name.allSatisfy(allowed.contains) else {
-            // Quote at most a line's worth of what a client sent.
-            let shown = name.count > 64 ? name.prefix(64) + "... (\(name.utf8.count) bytes)" : name[...]
-            throw ControlError("invalid disk name '\(shown)': use 1-127 of 0-9 A-Z a-z # + - . : = @ _")
+        // Quote at most a line's worth of what a client sent.
+        let shown = name.count > 64 ? name.prefix(64) + "... (\(name.utf8.count) bytes)" : name[...]
+        let rule = "a name is 1-127 of 0-9 A-Z a-z # + - . : = @ _, and not . or .."
+        if name.isEmpty { throw ControlError("invalid disk name '': empty; \(rule)") }
+        if name == "." || name == ".." {
+            throw ControlError("invalid disk name '\(name)': it names a directory, not a file on the mount; \(rule)")
+        }
+        if name.count > 127 { throw ControlError("invalid disk name '\(shown)': \(name.count) characters, more than 127; \(rule)") }
+        if let bad = name.first(where: { !allowed.contains($0) }) {
+            let printable = bad.asciiValue.map { $0 > 0x20 && $0 < 0x7F } ?? false
+            let shownCharacter = printable ? "'\(bad)'" : bad.unicodeScalars.map { "U+" + String($0.value, radix: 16, uppercase: true) }.joined()
+            throw ControlError("invalid disk name '\(shown)': \(shownCharacter) is not allowed; \(rule)")
         }
     }
 

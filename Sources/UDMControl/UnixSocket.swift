@@ -29,6 +29,9 @@ enum UnixSocket {
         guard result == 0 else {
             let error = errno
             close(fd)
+            if error == EACCES || error == EPERM {
+                throw ControlError("permission denied: the control socket \(path) is root-only (run udm as root)")
+            }
             throw ControlError("cannot reach the udm daemon at \(path): \(String(cString: strerror(error))) (is `udm daemon` running?)")
         }
         return fd

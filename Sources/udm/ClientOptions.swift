@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Glibc
 import UDMControl
 
 /// How a client verb finds the daemon, and how it reports the daemon's answer.
@@ -30,10 +31,10 @@ struct ClientOptions: ParsableArguments {
     }
 }
 
-/// Prints `udm: message` on stderr and exits with status 1.
-func fail(_ message: String) -> Never {
+/// Prints `udm: message` on stderr and exits with `status`.
+func fail(_ message: String, status: Int32 = 1) -> Never {
     FileHandle.standardError.write(Data("udm: \(message)\n".utf8))
-    Foundation.exit(1)
+    Foundation.exit(status)
 }
 
 /// Where a table comes from: --table, --table-file, or standard input.
@@ -50,7 +51,11 @@ struct TableOptions: ParsableArguments {
         if let table { return (table, nil) }
         if let tableFile {
             guard let data = FileManager.default.contents(atPath: tableFile) else {
-                fail("cannot read table file \(tableFile)")
+                // FileManager drops the reason; open(2) names it.
+                let fd = open(tableFile, O_RDONLY)
+                let reason = fd < 0 ? String(cString: strerror(errno)) : "not a readable file"
+                if fd >= 0 { close(fd) }
+                fail("cannot read table file \(tableFile): \(reason)")
             }
             return (String(decoding: data, as: UTF8.self), tableFile)
         }

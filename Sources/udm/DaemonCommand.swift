@@ -49,7 +49,14 @@ struct DaemonCommand: ParsableCommand {
             }
             return
         }
-        try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true)
+        do {
+            try Daemon.checkAccess()
+            try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true)
+        } catch let error as ControlError {
+            fail("\(error)")
+        } catch {
+            fail("cannot create directory \(config.stateDirectory): \((error as NSError).localizedDescription)")
+        }
         let logPath = config.stateDirectory + "/daemon.log"
         let pid = spawnForeground(config: config, log: logPath)
         // Ready when the socket answers; give up if the child dies first.
@@ -63,7 +70,7 @@ struct DaemonCommand: ParsableCommand {
             if waitpid(pid, &status, WNOHANG) == pid {
                 let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
                 let lastLine = log.split(separator: "\n").last.map(String.init) ?? "no output"
-                fail("the daemon exited during start: \(lastLine)")
+                fail("the daemon exited during start: \(lastLine.hasPrefix("udm: ") ? String(lastLine.dropFirst(5)) : lastLine)")
             }
             usleep(100_000)
         }
@@ -102,24 +109,35 @@ struct DaemonCommand: ParsableCommand {
 struct ShutdownCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shutdown",
-        abstract: "Stop the daemon cleanly: flush every disk, unmount, exit.")
+        abstract: "Stop the daemon cleanly: flush every disk, unmount, exit. Refused while a disk is open, unless --force.",
+        discussion: "Returns once the daemon process has exited, so the mount point is free for the next one.")
+    @Flag(help: "Stop even while disks are open: I/O through open handles (a mounted file system) fails from then on.")
+    var force = false
     @OptionGroup var client: ClientOptions
 
     func run() throws {
+        let pid = client.ask(ControlRequest(verb: .ping)).split(separator: " ").last.flatMap { pid_t(String($0)) }
         // A daemon that exits before its answer arrives has still done what was asked: the
         // wait below decides.
-        _ = client.ask(ControlRequest(verb: .ping))
-        let response = try? ControlClient.send(ControlRequest(verb: .shutdown), socket: client.socketPath)
+        let response = try? ControlClient.send(ControlRequest(verb: .shutdown, force: force), socket: client.socketPath)
         if let response, !response.ok { fail(response.error ?? "the daemon refused to shut down") }
         if response == nil, (try? ControlClient.send(ControlRequest(verb: .ping), socket: client.socketPath)) != nil {
             fail("the daemon at \(client.socketPath) did not take the shutdown request")
         }
-        // Return once the daemon is gone, so that the mount is free for the next one.
         for _ in 0..<300 {
-            if (try? ControlClient.send(ControlRequest(verb: .ping), socket: client.socketPath)) == nil { return }
+            let gone = pid.map { !processRuns($0) }
+                ?? ((try? ControlClient.send(ControlRequest(verb: .ping), socket: client.socketPath)) == nil)
+            if gone { return }
             usleep(100_000)
         }
-        fail("the daemon did not stop within 30 s")
+        fail("the daemon\(pid.map { " (pid \($0))" } ?? "") did not exit within 30 s")
+    }
+
+    /// True while the process exists and has not exited (a zombie waiting for its parent has).
+    private func processRuns(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let end = stat.range(of: ") ", options: .backwards) else { return false }
+        return !["Z", "X"].contains(stat[end.upperBound...].prefix(1))
     }
 }
 

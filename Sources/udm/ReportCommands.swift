@@ -66,8 +66,13 @@ struct StatsCommand: ParsableCommand {
 struct TargetsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "targets", abstract: "List the target types udm knows, with versions.")
+    @Flag(help: "Print JSON: {\"targets\": [{\"name\", \"version\"}]}.") var json = false
 
     func run() throws {
+        if json {
+            print(Reports.json(DaemonConfig.targetTypes.map { Reports.TargetType(name: $0.name, version: $0.version) }, key: "targets"))
+            return
+        }
         for (name, version) in DaemonConfig.targetTypes {
             print("\(name.padding(toLength: 16, withPad: " ", startingAt: 0)) v\(version)")
         }

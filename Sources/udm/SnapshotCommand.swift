@@ -13,7 +13,7 @@ struct SnapshotCreateCommand: ParsableCommand {
         commandName: "create",
         abstract: "Take a snapshot SNAP of ORIGIN, its changes kept in a COW file.",
         discussion: """
-            ORIGIN's I/O is held (not failed) while its table moves to a hidden ORIGIN-real disk \
+            ORIGIN's I/O is held (not failed) while its table moves to an ORIGIN-real disk (listed by `udm ls`) \
             and ORIGIN becomes snapshot-origin over it; SNAP appears as MOUNT/SNAP. The COW file \
             uses the Linux kernel's persistent snapshot format unless --transient.
             """)
@@ -22,7 +22,8 @@ struct SnapshotCreateCommand: ParsableCommand {
     @Option(help: "The COW file: new, or empty (zeros); created (sparse unless --preallocate) if missing.") var cow: String
     @Option(help: "Size of a new COW file: bytes, or with K, M, G, T (default: room for a full copy of ORIGIN).")
     var size: String?
-    @Option(help: "Chunk size in sectors, a power of two (0: the COW header's, else 32).") var chunkSize: UInt64 = 0
+    @Option(parsing: .unconditional, help: "Chunk size in sectors, a power of two (0: the COW header's, else 32).")
+    var chunkSize = "0"
     @Flag(help: "Keep exceptions in memory only (N): lost when the daemon stops.") var transient = false
     @Flag(help: "Persistent with overflow (PO): when the COW is full, snapshot writes fail but it stays readable.")
     var overflow = false
@@ -35,12 +36,15 @@ struct SnapshotCreateCommand: ParsableCommand {
 
     func validate() throws {
         if transient && overflow { throw ValidationError("--transient and --overflow exclude each other") }
+        guard UInt64(chunkSize) != nil else {
+            throw ValidationError("invalid chunk size '\(chunkSize)': give a number of 512-byte sectors, a power of two (or 0)")
+        }
         if let size, parseSize(size) == nil { throw ValidationError("--size '\(size)': use bytes or a number with K, M, G or T") }
     }
 
     func run() throws {
         let options = ControlRequest.SnapshotOptions(origin: origin, cow: absolute(cow), size: size.flatMap(parseSize),
-                                                     chunkSize: chunkSize, transient: transient, overflow: overflow,
+                                                     chunkSize: UInt64(chunkSize)!, transient: transient, overflow: overflow,
                                                      preallocate: preallocate, reuseCow: reuseCow)
         try client.send(ControlRequest(verb: .snapshotCreate, name: snapshot, snapshot: options))
     }
@@ -49,9 +53,11 @@ struct SnapshotCreateCommand: ParsableCommand {
 struct SnapshotListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "list", abstract: "List snapshots: origin, chunk size, COW use and state.")
+    @Flag(help: "Print JSON: {\"snapshots\": [{\"origin\", \"snapshot\", \"chunk\", \"usePercent\", \"state\"}]} (usePercent null when not known).")
+    var json = false
     @OptionGroup var client: ClientOptions
 
-    func run() throws { try client.send(ControlRequest(verb: .snapshotList)) }
+    func run() throws { try client.send(ControlRequest(verb: .snapshotList, json: json)) }
 }
 
 struct SnapshotRemoveCommand: ParsableCommand {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct Udm: ParsableCommand {
@@ -25,4 +26,20 @@ struct Udm: ParsableCommand {
             MessageCommand.self, TargetsCommand.self, SnapshotCommand.self,
         ]
     )
+
+    /// Like ArgumentParser's main, but every mistake is one line on stderr (`udm: …`, no
+    /// usage block), and a misspelt verb is named as one with the nearest verb suggested.
+    static func main() {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if let unknown = UnknownCommand.find(in: arguments, under: Udm.self) { fail(unknown.description) }
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            let line = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+            fail(line, status: code.rawValue)
+        }
+    }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `udm shutdown` stops the daemon and unmounts even when a disk file is open, and when a
-# suspended disk holds a writer (the writer then finishes one way or the other: it must not
+# `udm shutdown --force` stops the daemon and unmounts even when a disk file is open, and when
+# a suspended disk holds a writer (the writer then finishes one way or the other: it must not
 # stay blocked on a daemon that said it stopped).
 source "$(dirname "$0")/functions.sh"
 
@@ -10,7 +10,11 @@ log "shutdown with a disk file open"
 start_daemon
 udm_ok create s --table "0 2048 linear $A 0"
 exec 3<>"$MNT/s"
-stop_daemon
+pid=$DAEMON_PID
+udm_ok shutdown --force
+pid_alive "$pid" && fail "udm shutdown --force returned while the daemon (pid $pid) still runs"
+wait "$pid" || fail "the daemon exited with status $? after udm shutdown --force"
+DAEMON_PID=
 exec 3>&-
 
 log "shutdown while a suspended disk holds a writer"
@@ -24,7 +28,7 @@ track_pid "$W"
 sleep 1
 pid_alive "$W" || fail "the writer was not held by the suspended disk"
 pid=$DAEMON_PID
-udm_ok shutdown
+udm_ok shutdown --force
 wait_gone "$pid" 20 || fail "daemon (pid $pid) still running 20 s after udm shutdown (a suspended disk held a writer)"
 wait "$pid" || true
 DAEMON_PID=
