@@ -221,11 +221,17 @@ final class PendingException: CopyRequest, @unchecked Sendable {
     /// Links the copies one origin write started, to start them once the lock is let go.
     var nextStarted: PendingException?
 
+    /// The snapshot, held while the copy is in the engine: a snapshot whose table goes away
+    /// lives until its copies have ended (dm's destructor waits for its pending exceptions).
+    var inFlight: SnapshotTarget?
+
     init(snapshot: SnapshotTarget) {
         self.snapshot = snapshot
     }
 
     override func copyEnded(_ status: BioStatus) {
-        snapshot.copied(self, status: status)
+        let owner = inFlight!
+        inFlight = nil
+        owner.copied(self, status: status)
     }
 }

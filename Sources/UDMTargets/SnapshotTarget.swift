@@ -156,6 +156,7 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         exception.destination = cow
         exception.destinationSector = exception.new << chunkShift
         exception.sectors = chunkSize
+        exception.inFlight = self
         copyEngine.submit(exception)
     }
 
@@ -225,6 +226,7 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
         exception.destination = cow
         exception.destinationSector = exception.new << chunkShift
         exception.sectors = sectors
+        exception.inFlight = self
         copyEngine.submit(exception)
     }
 

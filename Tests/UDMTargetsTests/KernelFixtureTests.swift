@@ -336,8 +336,8 @@ private struct Replay {
     let cow: MemoryDevice
     let originDevice: MappedDevice
     let snapshot: MappedDevice
-    /// One copy worker: a job queued after the others runs after them (see `drain`).
-    private let services = TargetServices(copyEngine: CopyEngine(workers: 1))
+    /// One copy job: `drain` runs after the copy in progress.
+    private let services = TargetServices(copyEngine: CopyEngine(jobs: 1))
 
     init(originSectors: UInt64, cowSectors: UInt64, chunkSize: UInt64, store: String = "P") throws {
         origin = MemoryDevice(name: "origin", sectors: originSectors, recording: false)

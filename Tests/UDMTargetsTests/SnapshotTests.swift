@@ -83,7 +83,14 @@ final class SnapshotTests: XCTestCase {
         }
         snapshot.suspend()
         snapshot = try device("0 1024 zero")
-        let reloaded = try device("0 1024 snapshot real cow P 8")
+        // The replaced snapshot goes once the copy job that ended its last write lets go of it,
+        // a moment after that write ended: try again for up to 2 s.
+        var attempt = try? device("0 1024 snapshot real cow P 8")
+        for _ in 0..<200 where attempt == nil {
+            usleep(10_000)
+            attempt = try? device("0 1024 snapshot real cow P 8")
+        }
+        let reloaded = try XCTUnwrap(attempt, "the replaced snapshot still holds the COW after 2 s")
         XCTAssertEqual([15, 16, 31, 32, 47].map { read(reloaded, sector: $0) }, [1, 4, 4, 1, 1],
                        "the whole-chunk exceptions were committed")
     }
