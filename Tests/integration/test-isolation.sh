@@ -12,6 +12,38 @@ MiB=$((1024 * 1024))
 X=$(make_image x.img 64M)
 Y=$(make_image y.img 64M)
 make_pattern "$WORK/py" $((4 * MiB)) 41
+
+# start_held_fio DISK BS DEPTH: fio --verify writing DISK (2 jobs, libaio) in the background,
+# which must still be running 2 s later (its writes are held); sets F
+start_held_fio() {
+    fio --name=held --filename="$(disk_file "$1")" --rw=randwrite --bs="$2" --size=16M --offset_increment=16M \
+        --direct=1 --ioengine=libaio --iodepth="$3" --numjobs=2 --verify=crc32c --do_verify=1 \
+        --verify_state_save=0 --randrepeat=1 --group_reporting >"$WORK/fio-$1.out" 2>&1 &
+    F=$!
+    track_pid "$F"
+    sleep 2
+    pid_alive "$F" || fail "fio on $1 finished while its I/O was held: $(tail -n 5 "$WORK/fio-$1.out")"
+}
+
+# expect_y_goes_on WHILE: direct reads of y (checked against its pattern) and fio on y finish
+expect_y_goes_on() {
+    timeout 20 dd if="$(disk_file y)" of="$WORK/y.out" bs=4k count=256 iflag=direct status=none ||
+        fail "dd from y stalled or failed while $1"
+    expect_same "$WORK/y.out" 0 "$WORK/py" 0 $((256 * 4096)) "y read while $1"
+    timeout 30 fio --name=y --filename="$(disk_file y)" --rw=randread --bs=4k --size=4M --direct=1 \
+        --ioengine=libaio --iodepth=8 --number_ios=2000 >"$WORK/fio-y.out" 2>&1 ||
+        fail "fio on y stalled or failed while $1: $(tail -n 5 "$WORK/fio-y.out")"
+}
+
+# expect_verified DISK: the held fio ends within 120 s and its verify passed
+expect_verified() {
+    wait_gone "$F" 120 || fail "fio on $1 still running 120 s after its I/O was let go"
+    local rc=0
+    wait "$F" || rc=$?
+    ((rc == 0)) || fail "fio --verify on $1 failed (status $rc): $(tail -n 20 "$WORK/fio-$1.out")"
+    grep -q "err= 0" "$WORK/fio-$1.out" || fail "fio on $1 reported errors: $(tail -n 20 "$WORK/fio-$1.out")"
+}
+
 start_daemon --queue-depth 64
 udm_ok create x --table "0 131072 linear $X 0"
 udm_ok create y --table "0 131072 linear $Y 0"
@@ -19,42 +51,25 @@ write_at "$WORK/py" 0 "$(disk_file y)" 0 $((4 * MiB)) direct || fail "writing y'
 
 log "suspend x; fio's writes to x are held"
 udm_ok suspend x
-fio --name=held --filename="$(disk_file x)" --rw=randwrite --bs=4k --size=16M --offset_increment=16M --direct=1 \
-    --ioengine=libaio --iodepth=128 --numjobs=2 --verify=crc32c --do_verify=1 --verify_state_save=0 \
-    --randrepeat=1 --group_reporting >"$WORK/fio-x.out" 2>&1 &
-FX=$!
-track_pid "$FX"
-sleep 2
-pid_alive "$FX" || fail "fio on x finished while x was suspended: $(tail -n 5 "$WORK/fio-x.out")"
+start_held_fio x 4k 128
 
 log "x holds 64 requests (its queue depth); the rest wait in the daemon, not in a worker"
 udm info x >"$WORK/info.out" || fail "udm info x failed while x was suspended"
 grep -Eq '^Queue depth: +64 \(64 in flight, [1-9][0-9]* waiting\)$' "$WORK/info.out" ||
     fail "udm info x: $(grep 'Queue depth' "$WORK/info.out")"
 
-log "direct reads of y go on"
-timeout 20 dd if="$(disk_file y)" of="$WORK/y.out" bs=4k count=256 iflag=direct status=none ||
-    fail "dd from y stalled or failed while x was suspended"
-expect_same "$WORK/y.out" 0 "$WORK/py" 0 $((256 * 4096)) "y read while x is suspended"
-
-log "fio randread (libaio, iodepth 8) on y goes on"
-timeout 30 fio --name=y --filename="$(disk_file y)" --rw=randread --bs=4k --size=4M --direct=1 \
-    --ioengine=libaio --iodepth=8 --number_ios=2000 >"$WORK/fio-y.out" 2>&1 ||
-    fail "fio on y stalled or failed while x was suspended: $(tail -n 5 "$WORK/fio-y.out")"
+log "reads and fio on y go on"
+expect_y_goes_on "x was suspended"
 
 log "the mount's directory and the control plane answer"
 timeout 10 ls -l "$MNT" >"$WORK/ls.out" || fail "ls -l MOUNT stalled while x was suspended"
 grep -q ' y$' "$WORK/ls.out" || fail "ls -l MOUNT does not list y: $(cat "$WORK/ls.out")"
 udm_ok ls
-pid_alive "$FX" || fail "fio on x finished while x was suspended: $(tail -n 5 "$WORK/fio-x.out")"
+pid_alive "$F" || fail "fio on x finished while x was suspended: $(tail -n 5 "$WORK/fio-x.out")"
 
 log "resume x: the held writes land and verify"
 udm_ok resume x
-wait_gone "$FX" 120 || fail "fio on x still running 120 s after resume"
-rc=0
-wait "$FX" || rc=$?
-((rc == 0)) || fail "fio --verify on x failed (status $rc): $(tail -n 20 "$WORK/fio-x.out")"
-grep -q "err= 0" "$WORK/fio-x.out" || fail "fio on x reported errors: $(tail -n 20 "$WORK/fio-x.out")"
+expect_verified x
 cmp -s <(read_at "$(disk_file y)" 0 $((4 * MiB))) "$WORK/py" || fail "y changed"
 stop_daemon
 
@@ -64,22 +79,8 @@ L=$(make_image low.img 64M)
 udm_ok create low --table "0 131072 linear $L 0"
 udm_ok create data --table "0 131072 linear $(disk_file low) 0"
 udm_ok suspend low
-fio --name=held --filename="$(disk_file data)" --rw=randwrite --bs=64k --size=16M --offset_increment=16M --direct=1 \
-    --ioengine=libaio --iodepth=64 --numjobs=2 --verify=crc32c --do_verify=1 --verify_state_save=0 \
-    --randrepeat=1 --group_reporting >"$WORK/fio-data.out" 2>&1 &
-FD=$!
-track_pid "$FD"
-sleep 2
-pid_alive "$FD" || fail "fio on data finished while low was suspended: $(tail -n 5 "$WORK/fio-data.out")"
-timeout 20 dd if="$(disk_file y)" of="$WORK/y.out" bs=4k count=256 iflag=direct status=none ||
-    fail "dd from y stalled or failed while data's I/O was held under it"
-expect_same "$WORK/y.out" 0 "$WORK/py" 0 $((256 * 4096)) "y read while data's I/O is held"
-timeout 30 fio --name=y --filename="$(disk_file y)" --rw=randread --bs=4k --size=4M --direct=1 \
-    --ioengine=libaio --iodepth=8 --number_ios=2000 >"$WORK/fio-y2.out" 2>&1 ||
-    fail "fio on y stalled or failed while data's I/O was held: $(tail -n 5 "$WORK/fio-y2.out")"
+start_held_fio data 64k 64
+expect_y_goes_on "data's I/O was held under it"
 udm_ok resume low
-wait_gone "$FD" 120 || fail "fio on data still running 120 s after low was resumed"
-rc=0
-wait "$FD" || rc=$?
-((rc == 0)) || fail "fio --verify on data failed (status $rc): $(tail -n 20 "$WORK/fio-data.out")"
+expect_verified data
 stop_daemon
