@@ -35,6 +35,9 @@ public struct ControlRequest: Codable, Sendable {
         /// Adopt the snapshot store an existing COW file holds (else such a COW is refused).
         public var reuseCow: Bool?
 
+        /// The chunk size a new store gets: the one asked for, or dm's default of 32 sectors for 0.
+        var effectiveChunkSize: UInt64 { chunkSize == 0 ? 32 : chunkSize }
+
         public init(origin: String, cow: String, size: UInt64?, chunkSize: UInt64, transient: Bool, overflow: Bool,
                     preallocate: Bool = false, reuseCow: Bool = false) {
             self.reuseCow = reuseCow

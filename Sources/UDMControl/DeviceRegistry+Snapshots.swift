@@ -95,7 +95,9 @@ extension DeviceRegistry {
                     loaded = true
                 }
                 let store = request.transient ? "N" : request.overflow ? "PO" : "P"
-                try insertDisk(snapshot, table: "0 \(device.sectors) snapshot \(path(of: real)) \(request.cow) \(store) \(request.chunkSize)",
+                // A transient store has no header to take a chunk size from: 0 means the default.
+                let chunk = request.transient ? request.effectiveChunkSize : request.chunkSize
+                try insertDisk(snapshot, table: "0 \(device.sectors) snapshot \(path(of: real)) \(request.cow) \(store) \(chunk)",
                                source: "snapshot table")
                 created = true
                 groups[origin, default: SnapshotGroup(real: real, snapshots: [])].snapshots.append(snapshot)
@@ -127,7 +129,7 @@ extension DeviceRegistry {
     /// way a fresh store); returns whether it did.
     private func makeCowFile(_ request: ControlRequest.SnapshotOptions, originSectors: UInt64) throws -> Bool {
         if FileManager.default.fileExists(atPath: request.cow) { return false }
-        let chunk = request.chunkSize == 0 ? 32 : request.chunkSize
+        let chunk = request.effectiveChunkSize
         let bytes: UInt64
         if let size = request.size {
             bytes = size

@@ -63,6 +63,10 @@ public final class SnapshotTarget: Target, @unchecked Sendable {
             throw TargetError("COW device \(cowName) is in use by a live snapshot; remove that snapshot first (a snapshot's table cannot be reloaded over its own COW)", argument: 2)
         }
         let chunk = parsed.chunkSize
+        // A transient store has no header to take a chunk size from (dm: "Chunk size not set").
+        if storeType == "N" && chunk == 0 {
+            throw TargetError("chunk size not set: a transient (N) snapshot needs a chunk size other than 0", argument: 4)
+        }
         store = storeType == "N" ? TransientStore(cow: cow, chunkSize: chunk) : PersistentStore(cow: cow, chunkSize: chunk)
         var found: [UInt64: UInt64] = [:]
         do {

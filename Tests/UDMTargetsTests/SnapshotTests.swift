@@ -140,6 +140,16 @@ final class SnapshotTests: XCTestCase {
         XCTAssertEqual(merge.live?.lines(.info), ["0 1024 snapshot-merge 16/2048 16"], "every exception merged")
         XCTAssertEqual([0, 63, 64, 500, 507].map { real.byte(at: $0 * 512) }, [1, 1, 1, 3, 3])
     }
+
+    /// dm refuses a transient snapshot with chunk size 0 ("Chunk size not set", checked on the
+    /// 6.1 kernel through dmvm); a persistent one takes the header's or 32.
+    func testATransientSnapshotNeedsAChunkSize() {
+        let real = MemoryDevice(name: "real", sectors: 1024, recording: false)
+        let cow = MemoryDevice(name: "cow", sectors: 1024, recording: false)
+        XCTAssertTrue(rejection("0 1024 snapshot real cow N 0", devices: [real, cow]).contains("chunk size not set"))
+        XCTAssertEqual(rejection("0 1024 snapshot real cow N 8", devices: [real, cow]), "accepted")
+        XCTAssertEqual(rejection("0 1024 snapshot real cow P 0", devices: [real, cow]), "accepted")
+    }
 }
 
 final class SnapshotMergeAcrossAreasTests: XCTestCase {
