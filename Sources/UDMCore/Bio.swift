@@ -52,6 +52,9 @@ public final class Bio: @unchecked Sendable {
     var awaitingPreflush = false
     /// Sent on by a pool it was parked on: it goes before originals parked after it.
     var resumedFromPark = false
+    /// A set of duplicate clones its device's set allocator took for it, and how many it needs.
+    var reservedClones: Bio?
+    var clonesNeeded = 0
     var admittedAt: MappedDevice?
     /// For the device's statistics: when it was admitted, and how many pieces it was cut into.
     var startedAt: UInt64 = 0

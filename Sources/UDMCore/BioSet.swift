@@ -99,6 +99,13 @@ public final class BioSet: @unchecked Sendable {
         return nil
     }
 
+    /// Takes `count` clones for one bio, chained through `next`, if all are free now; else nil
+    /// (and it holds none).
+    public func allocateManyNoWait(_ count: Int) -> Bio? {
+        precondition(count >= 1 && count <= capacity, "asked for \(count) clones from a pool of \(capacity)")
+        return take(count, mode: .noWait)
+    }
+
     /// Takes `count` clones for one bio, chained through `next`.
     public func allocateMany(_ count: Int, policy: ManyPolicy = .noWaitThenMutex) -> Bio {
         precondition(count >= 1 && count <= capacity, "asked for \(count) clones from a pool of \(capacity)")

@@ -153,11 +153,19 @@ extension MappedDevice {
             return true
         }
         var clone: Bio?
-        if count == 1 && manyPolicy != .naive {
+        if let set = bio.reservedClones {
+            bio.reservedClones = nil
+            clone = set
+        } else if manyPolicy == .naive {
+            clone = table.bioSet.allocateMany(count, policy: .naive)
+        } else if count == 1 {
             guard let one = table.bioSet.allocate(for: bio) else { return false }
             clone = one
+        } else if let set = table.bioSet.allocateManyNoWait(count) {
+            clone = set
         } else {
-            clone = table.bioSet.allocateMany(count, policy: manyPolicy)
+            waitForSet(of: count, for: bio)
+            return false
         }
         var index = 0
         while let c = clone {
@@ -168,6 +176,33 @@ extension MappedDevice {
             index += 1
         }
         return true
+    }
+
+    /// Hands `bio` to the set allocator: it comes back through `submitBio` with its clones.
+    private func waitForSet(of count: Int, for bio: Bio) {
+        bio.clonesNeeded = count
+        waitingSets.withLock {
+            bio.next = nil
+            if let tail = waitingSetsTail { tail.next = bio } else { waitingSetsHead = bio }
+            waitingSetsTail = bio
+        }
+        setAllocator.kick()
+    }
+
+    /// On the set allocator's thread: takes each waiting original's set (NOWAIT, then the
+    /// allocation mutex and waiting: the discipline that lets only one thread hold a partial
+    /// set) and submits the original again, outside any submission loop.
+    func allocateWaitingSets() {
+        while let bio = waitingSets.withLock({ () -> Bio? in
+            let head = waitingSetsHead
+            waitingSetsHead = head?.next
+            if waitingSetsHead == nil { waitingSetsTail = nil }
+            head?.next = nil
+            return head
+        }) {
+            bio.reservedClones = admittedTable.bioSet.allocateMany(bio.clonesNeeded, policy: manyPolicy)
+            bio.submit(to: self)
+        }
     }
 
     @inline(__always)

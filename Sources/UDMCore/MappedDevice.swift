@@ -23,14 +23,24 @@ public final class MappedDevice: BlockDevice, @unchecked Sendable {
     private var deferredTail: Bio?
     /// How bios needing several clones take them; `.naive` only from tests.
     public let manyPolicy: BioSet.ManyPolicy
+    /// Originals waiting for a set of duplicate clones the pool could not give at once, and
+    /// the device's own thread that takes each set with the pool's blocking discipline (the
+    /// allocation mutex) and sends the original on: the wait holds this thread, never the
+    /// thread that submitted the bio (a FUSE worker, another disk's completion).
+    let waitingSets = ConditionLock()
+    var waitingSetsHead: Bio?
+    var waitingSetsTail: Bio?
+    var setAllocator: WorkerThread!
 
     /// A new device has no table and is suspended: I/O waits until the first resume.
     public init(name: String, manyPolicy: BioSet.ManyPolicy = .noWaitThenMutex) {
         self.name = name
         self.manyPolicy = manyPolicy
+        setAllocator = WorkerThread { [weak self] in self?.allocateWaitingSets() }
     }
 
     deinit {
+        setAllocator.stop()
         if let pointer = liveTable.load(ordering: .acquiring) {
             Unmanaged<Table>.fromOpaque(pointer).release()
         }

@@ -3,7 +3,9 @@
 # (libaio, 2 jobs x iodepth 128), direct reads of disk y, fio on y and `ls -l MOUNT` go on;
 # after resume, every held write lands (fio --verify over x). The same with the writes held
 # one level down (data stacked over a suspended disk low) and biosets of 4, so that data's
-# clones run out: its bios wait on the pool, not its threads. Each step is bounded, so a
+# clones run out: its bios wait on the pool, not its threads; and with 24 fsyncs on a striped
+# disk over two suspended disks, each flush needing a set of 2 clones from an empty pool: the
+# sets are waited for on the striped disk's own thread. Each step is bounded, so a
 # daemon that lets held I/O take every worker (or the kernel's background slots) fails here
 # by timeout instead of hanging.
 source "$(dirname "$0")/functions.sh"
@@ -83,4 +85,29 @@ start_held_fio data 64k 64
 expect_y_goes_on "data's I/O was held under it"
 udm_ok resume low
 expect_verified data
+
+log "striped over two suspended disks: 24 fsyncs wait for their clone sets, not in workers"
+S0=$(make_image s0.img 32M)
+S1=$(make_image s1.img 32M)
+udm_ok create s0 --table "0 65536 linear $S0 0"
+udm_ok create s1 --table "0 65536 linear $S1 0"
+udm_ok create st --table "0 131072 striped 2 8 $(disk_file s0) 0 $(disk_file s1) 0"
+udm_ok suspend s0
+udm_ok suspend s1
+start_held_fio st 4k 64
+fsyncs=()
+for i in $(seq 1 24); do
+    python3 -c 'import os, sys; os.fsync(os.open(sys.argv[1], os.O_RDWR))' "$(disk_file st)" &
+    fsyncs+=($!)
+    track_pid "$!"
+done
+sleep 1
+expect_y_goes_on "st's flushes waited for clones under it"
+udm_ok resume s0
+udm_ok resume s1
+expect_verified st
+for pid in "${fsyncs[@]}"; do
+    wait_gone "$pid" 30 || fail "an fsync of st still waiting 30 s after s0 and s1 were resumed"
+    wait "$pid" || fail "an fsync of st failed"
+done
 stop_daemon
