@@ -3,36 +3,6 @@ import UDMCore
 import UDMTestSupport
 import XCTest
 
-/// Bios wait at the gate until it opens, then go to an in-memory device.
-final class GateDevice: BlockDevice, @unchecked Sendable {
-    let name: String
-    let inner: MemoryDevice
-    private let opened = Completion()
-    private let lock = ConditionLock()
-    private var arrivedCount = 0
-
-    init(name: String, sectors: UInt64) {
-        self.name = name
-        inner = MemoryDevice(name: name + "-inner", sectors: sectors, recording: false)
-    }
-
-    var sectors: UInt64 { inner.sectors }
-    var discardZeroes: Bool { false }
-    var arrived: Int { lock.withLock { arrivedCount } }
-    func open() { opened.signal() }
-
-    func submitBio(_ bio: Bio) {
-        lock.withLock { arrivedCount += 1 }
-        opened.wait()
-        bio.submit(to: inner)
-    }
-
-    /// Waits (bounded) until `count` bios have arrived.
-    func waitForArrivals(_ count: Int) {
-        for _ in 0..<20_000 where arrived < count { usleep(1000) }
-    }
-}
-
 final class CopyEngineTests: XCTestCase {
     final class Request: CopyRequest, @unchecked Sendable {
         let ended = Completion()

@@ -142,31 +142,11 @@ final class DelayTargetTests: XCTestCase {
         XCTAssertEqual(device.live?.lines(.info), ["0 64 delay 0 0 0"])
         XCTAssertEqual([reads.seen.count, writes.seen.count], [8, 8])
     }
-    /// A device whose submissions block until `open()`: stands for a slow disk under a burst.
-    final class GateDevice: BlockDevice, @unchecked Sendable {
-        let name = "/gate"
-        let sectors: UInt64 = 256
-        var discardZeroes: Bool { false }
-        private let inner = MemoryDevice(name: "/gate-inner", sectors: 256)
-        private let opened = Completion()
-        private let lock = ConditionLock()
-        private var arrivedCount = 0
-
-        var arrived: Int { lock.withLock { arrivedCount } }
-        func open() { opened.signal() }
-
-        func submitBio(_ bio: Bio) {
-            lock.withLock { arrivedCount += 1 }
-            opened.wait()
-            bio.submit(to: inner)
-        }
-    }
-
     /// Two delay disks on one daemon's timers: while the first one's due bio is stuck being
     /// submitted, the second's delayed bios still go down and end (on the old design the one
     /// timer thread submitted both, so the second waited for the first's device).
     func testOneDelayDisksStuckSubmissionDoesNotHoldUpAnothers() throws {
-        let gate = GateDevice()
+        let gate = GateDevice(name: "/gate", sectors: 256)
         let services = TargetServices()
         func table(_ text: String, _ device: BlockDevice) throws -> MappedDevice {
             let mapped = MappedDevice(name: "d")
