@@ -11,6 +11,8 @@ public final class Daemon: @unchecked Sendable {
     private let config: DaemonConfig
     private let logger: Logger
     private let stopRequested = Mutex(false)
+    /// The FUSE mount went away from outside (the stop is its consequence).
+    private let unmountedFromOutside = Atomic(false)
     private let stopSignal = DispatchSemaphore(value: 0)
 
     public init(config: DaemonConfig) {
@@ -59,7 +61,11 @@ public final class Daemon: @unchecked Sendable {
         fuseOptions.queueDepth = config.queueDepth
         let fuse = try FuseFileSystem(mountPoint: config.mountPoint, options: fuseOptions)
         let registry = DeviceRegistry(config: config, fuse: fuse)
-        fuse.start()
+        fuse.start(whenUnmounted: { [self] in
+            logger.info("\(config.mountPoint) was unmounted from outside: shutting down")
+            unmountedFromOutside.store(true, ordering: .releasing)
+            requestStop()
+        })
         for failure in try registry.restore() {
             logger.error("could not restore disk \(failure)")
         }
@@ -80,7 +86,9 @@ public final class Daemon: @unchecked Sendable {
         stopSignal.wait()
         server.stop()
         registry.flushActive()
-        let open = registry.openDisks()
+        // Once the mount is gone from outside, the kernel has ended the connection: nothing is
+        // open any more, though the releases it owed never came.
+        let open = unmountedFromOutside.load(ordering: .acquiring) ? [] : registry.openDisks()
         if open.isEmpty {
             fuse.stop(release: registry.failHeldIO)
             logger.info("stopped")

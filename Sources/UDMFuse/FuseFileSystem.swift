@@ -22,7 +22,9 @@ public final class FuseFileSystem: @unchecked Sendable {
     let directory: DiskDirectory
     private let session: OpaquePointer
     private var loopThread: pthread_t?
-    private let finished = Mutex(false)
+    /// Set by `stop`, so the loop's end is not taken for an unmount from outside.
+    private let stopping = Mutex(false)
+    private var whenUnmounted: @Sendable () -> Void = {}
     private let options: Options
 
     /// Mounts at `mountPoint` (which must exist); I/O is served once `start` is called.
@@ -56,8 +58,11 @@ public final class FuseFileSystem: @unchecked Sendable {
         }
     }
 
-    /// Serves requests on libfuse's worker threads until `stop`.
-    public func start() {
+    /// Serves requests on libfuse's worker threads until `stop`. When the mount goes away from
+    /// outside (`fusermount3 -u`, or a lazy unmount once its last file is closed), the kernel
+    /// ends the connection and `whenUnmounted` runs, on the loop's thread.
+    public func start(whenUnmounted: @escaping @Sendable () -> Void = {}) {
+        self.whenUnmounted = whenUnmounted
         var thread = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
         pthread_create(&thread, nil, { context in
@@ -75,7 +80,7 @@ public final class FuseFileSystem: @unchecked Sendable {
         fuse_loop_cfg_set_idle_threads(config, options.idleThreads)
         _ = fuse_session_loop_mt(session, config)
         fuse_loop_cfg_destroy(config)
-        finished.withLock { $0 = true }
+        if !stopping.withLock({ $0 }) { whenUnmounted() }
     }
 
     /// Stops serving and unmounts. Unmounting aborts the kernel connection, which wakes the
@@ -83,6 +88,7 @@ public final class FuseFileSystem: @unchecked Sendable {
     /// those waiting in a disk's queue fail with EIO, `release` ends the I/O the disks hold
     /// (suspended, delayed), and the rest end as their I/O does (waited for, up to 10 s).
     public func stop(release: () -> Void = {}) {
+        stopping.withLock { $0 = true }
         fuse_session_exit(session)
         umount2(mountPoint, Int32(MNT_DETACH))
         directory.all.forEach { $0.queue.close() }
