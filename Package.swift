@@ -32,6 +32,7 @@ let package = Package(
         .testTarget(name: "UDMCoreTests", dependencies: ["UDMCore", "UDMTargets", "UDMTestSupport"]),
         .testTarget(name: "UDMExceptionStoreTests", dependencies: ["UDMCore", "UDMExceptionStore", "UDMTestSupport"]),
         .testTarget(name: "UDMTargetsTests", dependencies: ["UDMCore", "UDMExceptionStore", "UDMTargets", "UDMTestSupport"]),
+        .testTarget(name: "UDMFuseTests", dependencies: ["UDMFuse", "CLinux"]),
         .testTarget(name: "UDMBackendsTests", dependencies: ["UDMCore", "UDMBackends", "UDMTargets", "UDMTestSupport"]),
     ]
 )

@@ -26,3 +26,6 @@ struct udm_peer_credentials {
 
 // posix_spawn flag: start the child in a new session (detached from the terminal).
 static const short udm_posix_spawn_setsid = 0x80;
+
+// glibc's heap counters (tests check that pools made at start allocate nothing later).
+#include <malloc.h>

@@ -1,0 +1,59 @@
+import CLinux
+import Glibc
+import XCTest
+
+@testable import UDMFuse
+
+/// The request pools are made at start: taking and giving back requests of every size, up to
+/// every slot at once, allocates nothing from the heap.
+final class RequestPoolTests: XCTestCase {
+    /// Bytes the heap has handed out and not had back (glibc's count).
+    private func heapInUse() -> Int { Int(mallinfo2().uordblks) }
+
+    private func exercise(_ pool: RequestPool, sizes: [Int], rounds: Int) {
+        var held: [FuseRequest] = []
+        held.reserveCapacity(pool.capacity)
+        for _ in 0..<rounds {
+            for index in 0..<pool.capacity { held.append(pool.take(bytes: sizes[index % sizes.count])) }
+            while let request = held.popLast() { pool.give(request) }
+        }
+    }
+
+    func testTakingAndGivingBackAllocatesNothing() {
+        let pool = RequestPool(sizes: .init(requests: 64, buffers: [64, 16, 8]))
+        // Sizes that fill each class, then spill into the larger ones once a class is empty.
+        let sizes = [0, 512, 4096, 8 << 10, 64 << 10, 4096, 1 << 20, 4096]
+        exercise(pool, sizes: [4096], rounds: 1)
+        let before = heapInUse()
+        exercise(pool, sizes: sizes, rounds: 200)
+        let after = heapInUse()
+        XCTAssertEqual(after - before, 0, "the pools allocated \(after - before) bytes after start")
+        XCTAssertEqual(pool.outstanding, 0)
+    }
+
+    /// The probe sees an allocation that outlives the loop (so the test above can fail).
+    func testTheProbeSeesAnAllocation() {
+        let before = heapInUse()
+        let kept = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 16)
+        let after = heapInUse()
+        kept.deallocate()
+        XCTAssertGreaterThanOrEqual(after - before, 4096)
+    }
+
+    func testBuffersAreAlignedAndTheSmallestThatFits() {
+        let pool = RequestPool(sizes: .init(requests: 4, buffers: [1, 1, 1]))
+        let small = pool.take(bytes: 4096)
+        let spilled = pool.take(bytes: 4096)
+        let large = pool.take(bytes: 1 << 20)
+        let none = pool.take(bytes: 0)
+        XCTAssertEqual(small.bufferClass, 0)
+        XCTAssertEqual(spilled.bufferClass, 1)
+        XCTAssertEqual(large.bufferClass, 2)
+        XCTAssertNil(none.buffer)
+        for request in [small, spilled, large] {
+            XCTAssertEqual(Int(bitPattern: request.buffer) % 4096, 0)
+        }
+        [small, spilled, large, none].forEach(pool.give)
+        XCTAssertEqual(pool.outstanding, 0)
+    }
+}
