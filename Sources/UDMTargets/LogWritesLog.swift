@@ -191,8 +191,8 @@ final class LogWritesLog: @unchecked Sendable {
         writer.kick()
     }
 
-    /// The table is going away: log what is still unflushed and the end mark, and wait until
-    /// all of it is written (dm: log_writes_dtr).
+    /// The table is going away: log what is still unflushed and the end mark, wait until all
+    /// of it is written (dm: log_writes_dtr), and log nothing more.
     func close() {
         let end = LogEntry(sector: 0, sectors: 0, flags: .mark, label: Array(LogWritesFormat.endMark.utf8),
                            data: nil, blockSize: blockSize)
@@ -201,6 +201,7 @@ final class LogWritesLog: @unchecked Sendable {
             logging.append(end)
         }
         writePending()
+        lock.withLock { enabled = false }
         writer.stop()
     }
 

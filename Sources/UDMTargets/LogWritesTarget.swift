@@ -13,7 +13,7 @@ import UDMCore
 /// never on the I/O path.
 /// Message: `mark <label>` logs a MARK entry (label cut to 479 bytes). Tearing the table
 /// down (remove, or a reload replacing it) logs the unflushed writes and the mark
-/// `dm-log-writes-end`, and waits until they are written.
+/// `dm-log-writes-end`, and waits until they are written; then logging stops.
 /// Status: `<logged entries> <last log sector used>` and ` logging_disabled` once logging
 /// has stopped (a log write failed or the log device is full). Table: `<dev> <log dev>`.
 /// One clone for flush and discard; write-zeroes not supported (as dm).
@@ -36,8 +36,6 @@ public final class LogWritesTarget: Target {
         let logDevice = try context.openDevice(logName, argument: 2)
         log = LogWritesLog(device: logDevice, blockSize: sectorSize)
     }
-
-    deinit { log.close() }
 
     // Per-bio data: the clone's entry (an unmanaged LogEntry, retained) or nil.
     public var perBioDataSize: Int { 8 }
@@ -79,6 +77,9 @@ public final class LogWritesTarget: Target {
         log.mark(Array(words[1].utf8.prefix(sectorSize - LogWritesFormat.headerBytes - 1)))
         return ""
     }
+
+    /// Logs what is still unflushed and the end mark, and waits for them (dm: log_writes_dtr).
+    public func destroy() { log.close() }
 
     public func status(_ kind: StatusKind) -> String {
         switch kind {

@@ -127,8 +127,9 @@ final class LogWritesTargetTests: XCTestCase {
         return status
     }
 
-    /// Tears the table down (which logs what is unflushed and the end mark) and reads the log.
+    /// Removes the device (which logs what is unflushed and the end mark) and reads the log.
     private func closeAndRead(_ device: inout MappedDevice?) -> [LoggedEntry] {
+        device?.destroy()
         device = nil
         let (count, entries) = readLog(log)
         XCTAssertEqual(Int(count), entries.count)
@@ -159,7 +160,7 @@ final class LogWritesTargetTests: XCTestCase {
         // The discard (a header only) and the flush: sectors 4 and 5.
         XCTAssertEqual(waitForEntries(device!, 3), "0 64 log-writes 3 5")
         XCTAssertEqual(try makeDevice("0 64 log-writes /d /l", devices: [data, log]).live?.lines(.table), ["0 64 log-writes /d /l"])
-        device = nil
+        device?.destroy()
     }
 
     func testLogBytesAreDmsLayout() throws {
@@ -265,6 +266,21 @@ final class LogWritesTargetTests: XCTestCase {
         ])
     }
 
+    func testAReloadTearsTheOldTableDown() throws {
+        let device = try logWrites()
+        write(device, 6, 1, 6)
+        let linear = try Table(lines: TableLine.parse("0 64 linear /d 0"), registry: BuiltinTargets.registry,
+                               resolver: NamedResolver(devices: ["/d": data]), bioSetSize: 16, services: TargetServices())
+        device.load(linear)
+        device.suspend()
+        try device.resume()
+        // The old table's destructor logged the unflushed write and the end mark.
+        XCTAssertEqual(readLog(log).entries, [LoggedEntry(sector: 6, sectors: 1, flags: 0, data: [6]), endMark])
+        write(device, 7, 1, 7)
+        device.destroy()
+        XCTAssertEqual(readLog(log).count, 2, "nothing is logged once the table is gone")
+    }
+
     func testReadsAreNotLogged() throws {
         var device: MappedDevice? = try logWrites()
         data.fill(0x33, at: 512, count: 512)
@@ -293,7 +309,7 @@ final class LogWritesTargetTests: XCTestCase {
         write(device!, 20, 1, 7)
         XCTAssertEqual(data.bytes(at: 20 * 512, count: 1), [7], "writes still reach the data device")
         XCTAssertEqual(data.bytes(at: 10 * 512, count: 1), [5])
-        device = nil
+        device?.destroy()
         let (count, entries) = readLog(small)
         XCTAssertEqual(count, 1)
         XCTAssertEqual(entries, [LoggedEntry(sector: 1, sectors: 4, flags: fuaFlag, data: [1, 2, 3, 4])])
@@ -311,6 +327,6 @@ final class LogWritesTargetTests: XCTestCase {
         }
         XCTAssertEqual(status, "0 64 log-writes 1 2 logging_disabled")
         XCTAssertEqual(data.bytes(at: 512, count: 1), [1])
-        device = nil
+        device?.destroy()
     }
 }
