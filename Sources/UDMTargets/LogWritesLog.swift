@@ -62,33 +62,40 @@ enum LogWritesFormat {
 }
 
 /// One entry waiting to be logged (dm: `pending_block`): its header block and data, laid out
-/// as they go to the log, so an entry is one write.
+/// as they go to the log, so an entry is one write. Written entries are reused (`LogWritesLog`
+/// keeps a few), so steady logging does not allocate.
 final class LogEntry {
-    let flags: LogWritesFormat.Flags
-    /// Header block, then the data (writes only).
-    let bytes: UnsafeMutableRawPointer
-    let byteCount: Int
+    private(set) var flags: LogWritesFormat.Flags = []
+    /// Header block, then the data (writes only); `capacity` bytes, `byteCount` in use.
+    private(set) var bytes: UnsafeMutableRawPointer?
+    private(set) var capacity = 0
+    private(set) var byteCount = 0
     /// Blocks written to the data device (0 for a flush or mark; a discard's range).
-    let sectors: UInt64
+    private(set) var sectors: UInt64 = 0
     /// Link on whichever list holds the entry.
     var next: LogEntry?
     /// A flush's share of the unflushed list, taken when it was mapped.
     var flushed = LogEntryList()
 
-    /// `data` is copied: a write's buffer is its submitter's again once the write ends.
-    init(sector: UInt64, sectors: UInt64, flags: LogWritesFormat.Flags, label: [UInt8] = [],
-         data: UnsafeRawPointer?, blockSize: Int) {
+    deinit { bytes?.deallocate() }
+
+    /// Makes this the entry for a bio or mark. `data` is copied: a write's buffer is its
+    /// submitter's again once the write ends, long before a flush logs it.
+    func fill(sector: UInt64, sectors: UInt64, flags: LogWritesFormat.Flags, label: [UInt8] = [],
+              data: UnsafeRawPointer?, blockSize: Int) {
         self.flags = flags
         self.sectors = sectors
         let dataBytes = data == nil ? 0 : Int(sectors) * blockSize
         byteCount = blockSize + dataBytes
-        bytes = .allocate(byteCount: byteCount, alignment: 4096)
+        if capacity < byteCount {
+            bytes?.deallocate()
+            bytes = .allocate(byteCount: byteCount, alignment: 4096)
+            capacity = byteCount
+        }
         LogWritesFormat.storeHeader(sector: sector, sectors: sectors, flags: flags, label: label,
-                                    blockSize: blockSize, into: bytes)
-        if let data { (bytes + blockSize).copyMemory(from: data, byteCount: dataBytes) }
+                                    blockSize: blockSize, into: bytes!)
+        if let data { (bytes! + blockSize).copyMemory(from: data, byteCount: dataBytes) }
     }
-
-    deinit { bytes.deallocate() }
 }
 
 /// A FIFO of entries linked through `next`.
@@ -143,6 +150,10 @@ final class LogWritesLog: @unchecked Sendable {
     private let bio = Bio()
     private let superBlock: UnsafeMutableRawPointer
     private var writer: WorkerThread!
+    /// Written entries kept for reuse, up to `maxSpareBytes` of buffers.
+    private var spare = LogEntryList()
+    private var spareBytes = 0
+    private static let maxSpareBytes = 8 << 20
 
     init(device: BlockDevice, blockSize: Int) {
         self.device = device
@@ -162,6 +173,25 @@ final class LogWritesLog: @unchecked Sendable {
     /// dm status: logged entries, the last sector used, and whether logging has stopped.
     var status: String {
         lock.withLock { "\(loggedEntries) \(nextSector - 1)" + (enabled ? "" : " logging_disabled") }
+    }
+
+    /// An entry for a bio or mark (see `LogEntry.fill`), reused when one is spare.
+    func makeEntry(sector: UInt64, sectors: UInt64, flags: LogWritesFormat.Flags, label: [UInt8] = [],
+               data: UnsafeRawPointer?) -> LogEntry {
+        let entry = lock.withLock { () -> LogEntry? in
+            let entry = spare.removeFirst()
+            spareBytes -= entry?.capacity ?? 0
+            return entry
+        } ?? LogEntry()
+        entry.fill(sector: sector, sectors: sectors, flags: flags, label: label, data: data, blockSize: blockSize)
+        return entry
+    }
+
+    /// Keeps a written or dropped entry for reuse, or lets it go. Called with `lock` held.
+    private func recycleLocked(_ entry: LogEntry) {
+        guard spareBytes + entry.capacity <= Self.maxSpareBytes else { return }
+        spare.append(entry)
+        spareBytes += entry.capacity
     }
 
     /// For a flush being mapped: the writes and discards that have completed so far.
@@ -186,7 +216,7 @@ final class LogWritesLog: @unchecked Sendable {
     }
 
     func mark(_ label: [UInt8]) {
-        let entry = LogEntry(sector: 0, sectors: 0, flags: .mark, label: label, data: nil, blockSize: blockSize)
+        let entry = makeEntry(sector: 0, sectors: 0, flags: .mark, label: label, data: nil)
         lock.withLock { logging.append(entry) }
         writer.kick()
     }
@@ -194,8 +224,7 @@ final class LogWritesLog: @unchecked Sendable {
     /// The table is going away: log what is still unflushed and the end mark, wait until all
     /// of it is written (dm: log_writes_dtr), and log nothing more.
     func close() {
-        let end = LogEntry(sector: 0, sectors: 0, flags: .mark, label: Array(LogWritesFormat.endMark.utf8),
-                           data: nil, blockSize: blockSize)
+        let end = makeEntry(sector: 0, sectors: 0, flags: .mark, label: Array(LogWritesFormat.endMark.utf8), data: nil)
         lock.withLock {
             logging.append(unflushed.take())
             logging.append(end)
@@ -209,13 +238,16 @@ final class LogWritesLog: @unchecked Sendable {
     private func writePending() {
         writing.withLock {
             while let (entry, sector) = nextEntry() {
-                var ok = write(entry.bytes, sectors: UInt64(entry.byteCount) >> sectorShift, at: sector)
+                var ok = write(entry.bytes!, sectors: UInt64(entry.byteCount) >> sectorShift, at: sector)
                 if ok && !entry.flags.isDisjoint(with: [.fua, .mark]) {
                     let entries = lock.withLock { loggedEntries }
                     LogWritesFormat.storeSuper(entries: entries, blockSize: blockSize, into: superBlock)
                     ok = write(superBlock, sectors: UInt64(blockSize) >> sectorShift, at: 0)
                 }
-                if !ok { lock.withLock { enabled = false } }
+                lock.withLock {
+                    if !ok { enabled = false }
+                    recycleLocked(entry)
+                }
             }
         }
     }
@@ -225,7 +257,10 @@ final class LogWritesLog: @unchecked Sendable {
     private func nextEntry() -> (LogEntry, UInt64)? {
         lock.withLock {
             while let entry = logging.removeFirst() {
-                guard enabled else { continue }
+                guard enabled else {
+                    recycleLocked(entry)
+                    continue
+                }
                 let sector = nextSector
                 let headerSectors = UInt64(blockSize) >> sectorShift
                 if !entry.flags.contains(.discard) {
@@ -235,6 +270,7 @@ final class LogWritesLog: @unchecked Sendable {
                 // As dm: the entry must end before the last sector of the log device.
                 guard nextSector < device.sectors else {
                     enabled = false
+                    recycleLocked(entry)
                     continue
                 }
                 loggedEntries += 1

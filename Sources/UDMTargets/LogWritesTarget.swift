@@ -52,8 +52,8 @@ public final class LogWritesTarget: Target {
         if bio.op == .flush { flags.insert(.flush) }
         if bio.flags.contains(.fua) { flags.insert(.fua) }
         if bio.op == .discard { flags.insert(.discard) }
-        let entry = LogEntry(sector: bio.sector, sectors: bio.sectors, flags: flags,
-                             data: bio.op == .write ? UnsafeRawPointer(bio.buffer) : nil, blockSize: sectorSize)
+        let entry = log.makeEntry(sector: bio.sector, sectors: bio.sectors, flags: flags,
+                                  data: bio.op == .write ? UnsafeRawPointer(bio.buffer) : nil)
         if bio.op == .flush { entry.flushed = log.takeUnflushed() }
         data.storeBytes(of: Unmanaged.passRetained(entry).toOpaque(), as: UnsafeMutableRawPointer?.self)
         return .remapped(to: device)

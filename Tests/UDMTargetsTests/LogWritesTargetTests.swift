@@ -281,6 +281,30 @@ final class LogWritesTargetTests: XCTestCase {
         XCTAssertEqual(readLog(log).count, 2, "nothing is logged once the table is gone")
     }
 
+    func testReusedEntriesLogWhatEachWriteCarried() throws {
+        let log = MemoryDevice(name: "/l", sectors: 4096)
+        let table = try Table(lines: TableLine.parse("0 64 log-writes /d /l"), registry: BuiltinTargets.registry,
+                              resolver: NamedResolver(devices: ["/d": data, "/l": log]), bioSetSize: 16, services: TargetServices())
+        let device = MappedDevice(name: "lw")
+        device.load(table)
+        try device.resume()
+        var expected: [LoggedEntry] = []
+        // Sizes up and down, so reused entries grow, shrink and grow again.
+        for round in 0..<60 {
+            let sectors = [1, 4, 2, 8, 1][round % 5]
+            let value = UInt8(truncatingIfNeeded: round * 16)
+            write(device, UInt64(round % 50), sectors, value, flags: round % 3 == 0 ? .fua : [])
+            expected.append(LoggedEntry(sector: UInt64(round % 50), sectors: UInt64(sectors), flags: round % 3 == 0 ? fuaFlag : 0,
+                                        data: (0..<sectors).map { value &+ UInt8($0) }))
+            if round % 3 == 2 {
+                XCTAssertEqual(runBio(.flush, on: device), .ok)
+                expected.append(LoggedEntry(sector: 0, sectors: 0, flags: flushFlag))
+            }
+        }
+        device.destroy()
+        XCTAssertEqual(readLog(log).entries, expected + [endMark])
+    }
+
     func testReadsAreNotLogged() throws {
         var device: MappedDevice? = try logWrites()
         data.fill(0x33, at: 512, count: 512)
