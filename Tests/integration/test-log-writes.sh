@@ -11,7 +11,22 @@ REPLAY=$REPO_ROOT/tools/replay-log
 DATA=$(make_image data.img 64M)
 LOG=$(make_image log.img 128M)
 start_daemon
+
+log "bad tables and messages: one clear line, nothing changed"
+expect_udm_error "$WORK/err" create bad --table "0 131072 log-writes $DATA"
+grep -q "log-writes: invalid argument count: expected <dev_path> <log_dev_path>, got 1 arguments" "$WORK/err" ||
+    fail "one-argument table: $(cat "$WORK/err")"
+expect_udm_error "$WORK/err" create bad --table "0 131072 log-writes $DATA $IMG/missing.img"
+grep -q "argument 2 of log-writes: cannot open device $IMG/missing.img" "$WORK/err" || fail "missing log: $(cat "$WORK/err")"
+disk_listed bad && fail "a refused table left disk 'bad' behind"
 udm_ok create lw --table "0 131072 log-writes $DATA $LOG"
+expect_udm_error "$WORK/err" message lw 0 mark
+grep -q "invalid log-writes message arguments, expect 2 arguments (mark <label>), got 1" "$WORK/err" ||
+    fail "mark without a label: $(cat "$WORK/err")"
+expect_udm_error "$WORK/err" message lw 0 note x
+grep -q "unrecognised log-writes message 'note'" "$WORK/err" || fail "unknown message: $(cat "$WORK/err")"
+[[ $(udm status lw) == "0 131072 log-writes 0 0" ]] || fail "refused messages logged something: $(udm status lw)"
+expect_table lw "0 131072 log-writes $DATA $LOG"
 LOOP=$(attach_loop "$(disk_file lw)")
 
 log "mkfs.ext4 through log-writes, then files written and fsynced, a mark after each"
