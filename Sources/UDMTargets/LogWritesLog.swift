@@ -177,7 +177,7 @@ final class LogWritesLog: @unchecked Sendable {
 
     /// An entry for a bio or mark (see `LogEntry.fill`), reused when one is spare.
     func makeEntry(sector: UInt64, sectors: UInt64, flags: LogWritesFormat.Flags, label: [UInt8] = [],
-               data: UnsafeRawPointer?) -> LogEntry {
+                   data: UnsafeRawPointer?) -> LogEntry {
         let entry = lock.withLock { () -> LogEntry? in
             let entry = spare.removeFirst()
             spareBytes -= entry?.capacity ?? 0
@@ -262,11 +262,11 @@ final class LogWritesLog: @unchecked Sendable {
                     continue
                 }
                 let sector = nextSector
-                let headerSectors = UInt64(blockSize) >> sectorShift
+                let blockSectors = UInt64(blockSize) >> sectorShift
                 if !entry.flags.contains(.discard) {
-                    nextSector += entry.sectors * headerSectors
+                    nextSector += entry.sectors * blockSectors
                 }
-                nextSector += headerSectors
+                nextSector += blockSectors
                 // As dm: the entry must end before the last sector of the log device.
                 guard nextSector < device.sectors else {
                     enabled = false
