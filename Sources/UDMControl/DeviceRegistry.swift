@@ -335,6 +335,8 @@ public final class DeviceRegistry: @unchecked Sendable {
         }
         device.failHeldIO()
         realDevice?.failHeldIO()
+        device.destroy()
+        realDevice?.destroy()
     }
 
     // MARK: reports

@@ -114,13 +114,24 @@ public final class MappedDevice: BlockDevice, @unchecked Sendable {
         deferredHead = nil
         deferredTail = nil
         state.unlock()
-        if let old { Unmanaged<Table>.fromOpaque(old).release() }
+        if let old {
+            Unmanaged<Table>.fromOpaque(old).takeUnretainedValue().entries.forEach { $0.target.destroy() }
+            Unmanaged<Table>.fromOpaque(old).release()
+        }
         var bio = held
         while let b = bio {
             bio = b.next
             b.next = nil
             b.submit(to: self)
         }
+    }
+
+    /// The device is removed (dm: dm_destroy): waits for I/O in flight, then tears down the
+    /// targets of its tables. It stays suspended; bios that still arrive are held.
+    public func destroy() {
+        suspend()
+        let tables = [live, loaded].compactMap { $0 }
+        tables.forEach { $0.entries.forEach { $0.target.destroy() } }
     }
 
     /// Fails every held bio with EIO (the device is going away); leaves it suspended.

@@ -33,6 +33,9 @@ public protocol Target: AnyObject, Sendable {
     func resume()
     func presuspend()
     func postsuspend()
+    /// Called once when the table is torn down, with no I/O in flight: a reload's resume
+    /// replaced it, or its device is removed (dm: the target's dtr).
+    func destroy()
 }
 
 public enum StatusKind: Sendable { case info, table }
@@ -51,6 +54,7 @@ public extension Target {
     func resume() {}
     func presuspend() {}
     func postsuspend() {}
+    func destroy() {}
 }
 
 /// A constructor or message failure, with the argument it is about (dm: `ti->error`).

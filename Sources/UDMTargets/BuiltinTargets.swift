@@ -9,6 +9,7 @@ public enum BuiltinTargets {
         StripedTarget.self,
         FlakeyTarget.self,
         DelayTarget.self,
+        LogWritesTarget.self,
         SnapshotOriginTarget.self,
         SnapshotTarget.self,
         SnapshotMergeTarget.self,
