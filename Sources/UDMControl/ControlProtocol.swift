@@ -22,8 +22,7 @@ public struct ControlRequest: Codable, Sendable {
     public var clearStats: Bool?
     /// For snapshot-create.
     public var snapshot: SnapshotOptions?
-    /// For create: also attach a loop device and make MAPPER-DIR/NAME (dmsetup create); for
-    /// remove and resume: of such a disk, the block device too.
+    /// For create: also attach a loop device and make MAPPER-DIR/NAME (dmsetup create).
     public var mapper: Bool?
     /// For suspend: freeze a file system mounted from the disk's block device first.
     public var lockfs: Bool?

@@ -103,9 +103,12 @@ extension DeviceRegistry {
     }
 
     /// At shutdown: the block devices go (a restarted daemon makes them again). Refused while
-    /// one is open, unless `force`, which leaves the open ones attached.
+    /// one is open, unless `force`, which leaves the open ones attached. Nothing is detached
+    /// when another disk's file is open and the shutdown will be refused for that.
     func detachMappersForShutdown(force: Bool) throws {
         let nodes = locked { mappers }
+        let otherOpen = openDisks().contains { nodes[$0.name] == nil || $0.handles > 1 }
+        if otherOpen && !force { return }
         let busy = nodes.filter { name, node in
             node.loop.isClaimed || fuse.openCount(name: name) > 1
                 || LoopDevice.openCount(major: LoopDevice.major, minor: node.loop.minor, except: config.mountPoint) > 0
