@@ -26,6 +26,7 @@ struct DmsetupReports {
         let files = Dictionary(infos.compactMap { info in info.major.map { (info.file, "\($0):\(info.minor ?? 0)") } },
                                uniquingKeysWith: { first, _ in first })
         let wanted = names.isEmpty ? sorted(infos).map(\.name) : names
+        if wanted.isEmpty { return print("No devices found") }
         let verb: ControlRequest.Verb = kind == .table ? .table : .status
         for name in wanted {
             let output = client.ask(ControlRequest(verb: verb, name: name, json: true), verb: verb.rawValue, name: name)
@@ -53,6 +54,7 @@ struct DmsetupReports {
 
     func info(names: [String]) {
         let infos = names.isEmpty ? sorted(client.disks()) : names.map(client.info)
+        if infos.isEmpty { return print("No devices found") }
         if client.options.columns { return columns(infos) }
         for info in infos {
             var lines = [
@@ -104,7 +106,14 @@ struct DmsetupReports {
         case "suspended":
             return Column(heading: "Suspended", width: 9, numeric: false) { $0.state == "SUSPENDED" ? "Suspended" : "Active" }
         case "tables_loaded":
-            return Column(heading: "Tables", width: 6, numeric: false) { tables($0) }
+            return Column(heading: "Tables", width: 6, numeric: false) { info in
+                switch (info.liveTable, info.inactiveTable) {
+                case (true, true): "Both"
+                case (true, false): "Live"
+                case (false, true): "Inactive"
+                case (false, false): "None"
+                }
+            }
         case "readahead": return Column(heading: "RAhead", width: 6, numeric: true) { String($0.readAhead ?? 256) }
         case "blkdevname":
             return Column(heading: "BlkDevName", width: 16, numeric: false) { info in info.minor.map { "loop\($0)" } ?? "" }

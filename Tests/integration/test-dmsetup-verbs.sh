@@ -40,13 +40,14 @@ LA=$(attach_loop "$A")
 LB=$(attach_loop "$B")
 
 log "dmsetup's text against the kernel's (Tests/oracle/dmsetup-formats.kernel)"
-normalise() { # DEV_A DEV_B: device numbers and paths made comparable
-    sed -E -e "s#$1#DEV_A#g" -e "s#$2#DEV_B#g" -e 's/[0-9]+:[0-9]+/M:m/g' \
-        -e 's/^(Major, minor: +)[0-9]+, [0-9]+$/\1M, m/' -e 's/^([a-z]{2} {15})[ 0-9]{3} [ 0-9]{3} ([L-][I-][s-][rw])/\1  M   m \2/' -e 's/[[:space:]]+$//' -e '/^Command failed\.$/d'
+normalise() { # DEV_A DEV_B MAPPER_DIR: device numbers, names and paths made comparable
+    sed -E -e "s#$1#DEV_A#g" -e "s#$2#DEV_B#g" -e "s#$3#MAPPER#g" -e 's/[0-9]+:[0-9]+/M:m/g' \
+        -e 's/^(Major, minor: +)[0-9]+, [0-9]+$/\1M, m/' -e 's/^([a-z]{2} {15})[ 0-9]{3} [ 0-9]{3} ([L-][I-][s-][rw])/\1  M   m \2/' \
+        -e 's/ (dm-|loop)[0-9]+( |$)/ BLKDEV\2/' -e 's/[[:space:]]+$//' -e '/^Command failed\.$/d'
 }
-sh "$REPO_ROOT/Tests/oracle/dmsetup-formats.sh" "$LA" "$LB" "$MAPPER" >"$WORK/formats.udm"
-normalise /dev/vda /dev/vdb <"$REPO_ROOT/Tests/oracle/dmsetup-formats.kernel" >"$WORK/formats.want"
-normalise "$LA" "$LB" <"$WORK/formats.udm" >"$WORK/formats.got"
+(cd "$WORK" && sh "$REPO_ROOT/Tests/oracle/dmsetup-formats.sh" "$LA" "$LB" "$MAPPER") >"$WORK/formats.udm"
+normalise /dev/vda /dev/vdb /dev/mapper <"$REPO_ROOT/Tests/oracle/dmsetup-formats.kernel" >"$WORK/formats.want"
+normalise "$LA" "$LB" "$MAPPER" <"$WORK/formats.udm" >"$WORK/formats.got"
 diff -u "$WORK/formats.want" "$WORK/formats.got" >"$WORK/formats.diff" ||
     fail "dmsetup output differs from the kernel's: $(cat "$WORK/formats.diff")"
 [[ -z $(ls -A "$MAPPER") ]] || fail "remove_all left nodes in $MAPPER: $(ls "$MAPPER")"

@@ -1,7 +1,8 @@
 # dmsetup's text, run against the kernel (tools: oracle/dmvm, DEV_A=/dev/vda DEV_B=/dev/vdb)
 # and against udm (Tests/integration/test-dmsetup-verbs.sh: loop devices, udm's dmsetup).
 # POSIX sh (the oracle VM has busybox only). Every command's stdout and stderr, then its status.
-# Usage: sh dmsetup-formats.sh DEV_A DEV_B [MAPPER_DIR]   (both devices at least 4 MiB)
+# Usage: sh dmsetup-formats.sh DEV_A DEV_B [MAPPER_DIR]   (both devices at least 4 MiB; it
+# writes formats.table in the current directory)
 A=$1
 B=$2
 MAPPER=${3:-/dev/mapper}
@@ -48,3 +49,16 @@ run table nosuch
 run create fl --table "0 8 error"
 run remove_all
 run ls
+run table
+run status
+run info
+run info -c
+echo "0 8 zero" >formats.table
+run create z formats.table
+echo "0 16 zero" | run create y
+run table
+rm "$MAPPER/z"
+run mknodes
+[ -b "$MAPPER/z" ] && echo "mknodes made $MAPPER/z again"
+run info -c -o name,suspended,tables_loaded,readahead,blkdevname
+run remove_all
