@@ -49,8 +49,19 @@ extension DeviceRegistry {
         try node.remove()
         // The kernel closes MOUNT/NAME once the loop lets go; wait for that release (bounded).
         for _ in 0..<100 where fuse.openCount(name: name) > 0 { usleep(50_000) }
-        locked { mappers[name] = nil }
-        try remove(name, force: force)
+        do {
+            try remove(name, force: force)
+            locked { mappers[name] = nil }
+        } catch {
+            // Someone opened the device between the check and the detach: the disk stays, and
+            // so does its block device.
+            let again = try? MapperNode.create(name: name, file: fuse.path(of: name), directory: config.mapperDirectory)
+            try? locked {
+                mappers[name] = again
+                try save()
+            }
+            throw error
+        }
     }
 
     /// `dmsetup suspend`: with `lockfs`, a file system mounted from the block device is
