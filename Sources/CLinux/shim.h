@@ -35,6 +35,7 @@ static const unsigned long udm_fifreeze = FIFREEZE;
 static const unsigned long udm_fithaw = FITHAW;
 static const unsigned long udm_blkflsbuf = BLKFLSBUF;
 static const unsigned long udm_blkraget = BLKRAGET;
+static const unsigned long udm_blkraset = BLKRASET;
 
 // kcmp(KCMP_FILE): 0 when two processes' descriptors are the same open file (one open,
 // shared by fork), as the kernel counts a block device's openers.

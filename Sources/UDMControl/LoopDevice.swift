@@ -8,6 +8,8 @@ public struct LoopDevice: Sendable, Equatable {
     public let number: Int
     public var path: String { "/dev/loop\(number)" }
     public static let major = 7
+    /// Read-ahead of a new block device, in sectors: what libdevmapper gives a dm device.
+    static let readAheadSectors: Int32 = 256
     public var minor: Int { number }
 
     public init(number: Int) { self.number = number }
@@ -38,6 +40,8 @@ public struct LoopDevice: Sendable, Equatable {
             config.info.lo_flags = UInt32(LO_FLAGS_DIRECT_IO)
             let result = ioctl(fd, UInt(LOOP_CONFIGURE), &config)
             let reason = errno
+            // dm's default read-ahead; a loop device keeps whatever its last user set.
+            if result == 0 { _ = ioctl(fd, udm_blkraset, Self.readAheadSectors) }
             close(fd)
             if result == 0 { return loop }
             if reason == EBUSY { continue }
