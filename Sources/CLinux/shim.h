@@ -29,3 +29,20 @@ static const short udm_posix_spawn_setsid = 0x80;
 
 // glibc's heap counters (tests check that pools made at start allocate nothing later).
 #include <malloc.h>
+// Loop devices (struct loop_config, LOOP_* ioctls) and the block/file-system ioctls whose
+// numbers are _IO macros Swift cannot import.
+#include <linux/loop.h>
+#include <linux/fs.h>
+static const unsigned long udm_fifreeze = FIFREEZE;
+static const unsigned long udm_fithaw = FITHAW;
+static const unsigned long udm_blkflsbuf = BLKFLSBUF;
+static const unsigned long udm_blkraget = BLKRAGET;
+static const unsigned long udm_blkraset = BLKRASET;
+
+// kcmp(KCMP_FILE): 0 when two processes' descriptors are the same open file (one open,
+// shared by fork), as the kernel counts a block device's openers.
+#include <unistd.h>
+#include <sys/syscall.h>
+static inline long udm_same_open_file(pid_t pid1, pid_t pid2, int fd1, int fd2) {
+    return syscall(SYS_kcmp, pid1, pid2, 0, fd1, fd2);
+}

@@ -28,16 +28,18 @@ struct ControlCommands: Sendable {
         }
         switch request.verb {
         case .ping: return "udm \(getpid())"
+        case .create where request.mapper == true:
+            try registry.createMapped(try name(), table: try table(), source: request.tableSource)
         case .create: try registry.create(try name(), table: try table(), source: request.tableSource)
         case .load: try registry.load(try name(), table: try table(), source: request.tableSource, force: request.force ?? false)
-        case .suspend: try registry.suspend(try name())
-        case .resume: try registry.resume(try name())
+        case .suspend: try registry.suspend(try name(), lockfs: request.lockfs ?? false)
+        case .resume: try registry.resumeMapped(try name())
         case .clear: try registry.clear(try name())
-        case .remove: try registry.remove(try name(), force: request.force ?? false)
+        case .remove: try registry.removeMapped(try name(), force: request.force ?? false)
         case .ls: return report(registry.listing(), Reports.text)
         case .table: return report(try registry.lines(request.name, .table)) { Reports.text($0, prefixed: request.name == nil) }
         case .status: return report(try registry.lines(request.name, .info)) { Reports.text($0, prefixed: request.name == nil) }
-        case .info: return report(try registry.info(request.name), Reports.text)
+        case .info: return report(registry.addMapperInfo(try registry.info(request.name)), Reports.text)
         case .stats: return report(try registry.stats(request.name, clear: request.clearStats ?? false), Reports.text)
         case .message: return try registry.message(try name(), words: request.words ?? [])
         case .snapshotCreate:
@@ -49,6 +51,7 @@ struct ControlCommands: Sendable {
         case .snapshotRemove: try registry.removeSnapshot(try name(), force: request.force ?? false)
         case .snapshotMerge: return try registry.mergeSnapshot(try name())
         case .shutdown:
+            try registry.detachMappersForShutdown(force: request.force ?? false)
             let open = registry.openDisks()
             if !(request.force ?? false) && !open.isEmpty {
                 let named = open.map { "\($0.name) (\($0.handles) open)" }.joined(separator: ", ")

@@ -22,6 +22,10 @@ public struct ControlRequest: Codable, Sendable {
     public var clearStats: Bool?
     /// For snapshot-create.
     public var snapshot: SnapshotOptions?
+    /// For create: also attach a loop device and make MAPPER-DIR/NAME (dmsetup create).
+    public var mapper: Bool?
+    /// For suspend: freeze a file system mounted from the disk's block device first.
+    public var lockfs: Bool?
 
     public struct SnapshotOptions: Codable, Sendable {
         public var origin: String
@@ -53,7 +57,9 @@ public struct ControlRequest: Codable, Sendable {
 
     public init(verb: Verb, name: String? = nil, table: String? = nil, tableSource: String? = nil,
                 force: Bool? = nil, words: [String]? = nil, json: Bool? = nil, clearStats: Bool? = nil,
-                snapshot: SnapshotOptions? = nil) {
+                snapshot: SnapshotOptions? = nil, mapper: Bool? = nil, lockfs: Bool? = nil) {
+        self.mapper = mapper
+        self.lockfs = lockfs
         self.verb = verb
         self.name = name
         self.table = table

@@ -6,6 +6,8 @@ public struct DaemonConfig: Sendable {
     public static let defaultMountPoint = "/run/udm/disks"
     public static let defaultStateDirectory = "/var/lib/udm"
     public static let defaultSocket = "/run/udm/control.sock"
+    /// Where disks created through dmsetup get their block device nodes.
+    public static let defaultMapperDirectory = "/dev/mapper"
     /// Clones per disk: enough for every libfuse worker to have one in flight at each level
     /// of a stack at once, small enough to bound memory.
     public static let defaultBioSetSize = 256
@@ -19,6 +21,7 @@ public struct DaemonConfig: Sendable {
     public var directIO: ImageFile.DirectIO
     public var allowOther: Bool
     public var queueDepth: Int
+    public var mapperDirectory: String = defaultMapperDirectory
 
     public init(mountPoint: String = defaultMountPoint, stateDirectory: String = defaultStateDirectory,
                 socketPath: String = defaultSocket, bioSetSize: Int = defaultBioSetSize,

@@ -40,6 +40,13 @@ public enum Reports {
         public var requestsActive: Int
         public var requestsWaiting: Int
         public var file: String
+        /// For a disk created through dmsetup: its block device, the loop device's numbers,
+        /// the block device's openers (a mounted file system counts once) and read-ahead.
+        public var blockDevice: String? = nil
+        public var major: Int? = nil
+        public var minor: Int? = nil
+        public var blockOpenCount: Int? = nil
+        public var readAhead: Int? = nil
     }
 
     /// One operation group's counters (dmstats / diskstats).
@@ -143,7 +150,9 @@ public enum Reports {
                 "Bioset size:       \(info.biosetSize)",
                 "Queue depth:       \(info.queueDepth) (\(info.requestsActive) in flight, \(info.requestsWaiting) waiting)",
                 "File:              \(info.file)",
-            ].joined(separator: "\n")
+            ].joined(separator: "\n") + (info.blockDevice.map { device in
+                "\nBlock device:      \(device) (\(info.major ?? 0):\(info.minor ?? 0), open count \(info.blockOpenCount ?? 0))"
+            } ?? "")
         }.joined(separator: "\n\n")
     }
 

@@ -48,6 +48,8 @@ public final class DeviceRegistry: @unchecked Sendable {
     private(set) var order: [String] = []
     /// Snapshot groups by origin.
     var groups: [String: SnapshotGroup] = [:]
+    /// Block devices of disks created through dmsetup, by disk.
+    var mappers: [String: MapperNode] = [:]
     /// Disks a command is working on unlocked, with the command's name.
     private var busy: [String: String] = [:]
     /// Names whose kernel cache entry goes stale; invalidated once the lock is released.
@@ -374,7 +376,8 @@ public final class DeviceRegistry: @unchecked Sendable {
         let definitions = order.map { name in
             let record = records[name]!
             return StateStore.Definition(name: name, table: record.live, inactive: record.inactive,
-                                         suspended: record.device.isSuspended, snapshots: groups[name])
+                                         suspended: record.device.isSuspended, snapshots: groups[name],
+                                         mapper: mappers[name] != nil ? true : nil)
         } + unrestored
         try store.save(definitions)
     }
@@ -387,6 +390,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         // Until restored, a definition is kept as unrestored so every save in between keeps it.
         locked { unrestored = pending }
         var failures: [String: String] = [:]
+        var mapperFailures: [String] = []
         var progress = true
         while progress && !pending.isEmpty {
             progress = false
@@ -403,6 +407,8 @@ public final class DeviceRegistry: @unchecked Sendable {
                     // Restored active, as LVM activates at boot: a disk left suspended would hold
                     // every I/O until someone remembers to resume it.
                     try create(definition.name, table: table, source: "saved table")
+                    // Before the disks above it are restored: their tables may name its node.
+                    if definition.mapper == true { mapperFailures += attachRestoredMapper(definition.name) }
                     if let group = definition.snapshots { locked { groups[definition.name] = group } }
                     if let inactive = definition.inactive {
                         try load(definition.name, table: inactive, source: "saved inactive table", force: true)
@@ -424,6 +430,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         }
         for origin in locked({ groups.filter { $0.value.merging != nil }.map(\.key) }) { watchMerge(origin) }
         return pending.map { "\($0.name): \(failures[$0.name] ?? "not restored")" }
+            + mapperFailures
             + lostSnapshots.map { "\($0): a transient (N) snapshot; its exceptions lived in the previous daemon's memory and are gone" }
     }
 

@@ -15,6 +15,9 @@ struct StateStore {
         var suspended: Bool
         /// On an origin: its snapshot group (absent from files saved before groups were kept).
         var snapshots: SnapshotGroup? = nil
+        /// Created through dmsetup: a restarted daemon attaches a loop device and makes the
+        /// /dev/mapper node again.
+        var mapper: Bool? = nil
     }
 
     let directory: String

@@ -5,7 +5,8 @@ import UDMCore
 /// file or block device (once per table, however many lines name it); `MOUNT/NAME` stacks on
 /// another udm disk in-process, refusing a disk that depends on the one being built. A path
 /// that reaches the udm mount some other way (a symlink, `..`) is refused: through the
-/// kernel, the daemon would wait on itself.
+/// kernel, the daemon would wait on itself. `major:minor` names a block device, and a loop
+/// device over a udm disk's file stands for that disk (see `DeviceArgument`).
 final class TableResolver: DeviceResolver, @unchecked Sendable {
     private let owner: String
     private let mountPoint: String
@@ -44,6 +45,10 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
             }
             disks.insert(disk)
             device = mapped
+        } else if let path = try DeviceArgument.path(forNumber: name) {
+            device = try open(path)
+        } else if let disk = try DeviceArgument.udmDisk(behind: name, mountPrefix: prefix) {
+            device = try open(prefix + disk)
         } else {
             guard name.hasPrefix("/") else {
                 throw ControlError("'\(name)' is neither an absolute path nor \(prefix)NAME")

@@ -27,6 +27,8 @@ struct DaemonCommand: ParsableCommand {
     var queueDepth = DaemonConfig.defaultQueueDepth
     @Option(help: "O_DIRECT on image files: auto (where the file accepts it), on, off.") var directIO = ImageFile.DirectIO.auto
     @Flag(help: "Let users other than root open the disk files (FUSE allow_other).") var allowOther = false
+    @Option(help: "Directory for the block device nodes of disks created through dmsetup.")
+    var mapperDir = DaemonConfig.defaultMapperDirectory
 
     func validate() throws {
         guard biosetSize >= 1 else { throw ValidationError("--bioset-size must be at least 1") }
@@ -34,9 +36,11 @@ struct DaemonCommand: ParsableCommand {
     }
 
     private var config: DaemonConfig {
-        DaemonConfig(mountPoint: absolute(mount), stateDirectory: absolute(stateDir),
-                     socketPath: absolute(socket ?? ProcessInfo.processInfo.environment["UDM_SOCKET"] ?? DaemonConfig.defaultSocket),
-                     bioSetSize: biosetSize, directIO: directIO, allowOther: allowOther, queueDepth: queueDepth)
+        var config = DaemonConfig(mountPoint: absolute(mount), stateDirectory: absolute(stateDir),
+                                  socketPath: absolute(socket ?? ProcessInfo.processInfo.environment["UDM_SOCKET"] ?? DaemonConfig.defaultSocket),
+                                  bioSetSize: biosetSize, directIO: directIO, allowOther: allowOther, queueDepth: queueDepth)
+        config.mapperDirectory = absolute(mapperDir)
+        return config
     }
 
     func run() throws {
@@ -83,7 +87,7 @@ struct DaemonCommand: ParsableCommand {
         var arguments = [executable, "daemon", "--foreground", "--mount", config.mountPoint,
                          "--state-dir", config.stateDirectory, "--socket", config.socketPath,
                          "--bioset-size", String(config.bioSetSize), "--direct-io", config.directIO.rawValue,
-                         "--queue-depth", String(config.queueDepth)]
+                         "--queue-depth", String(config.queueDepth), "--mapper-dir", config.mapperDirectory]
         if config.allowOther { arguments.append("--allow-other") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

@@ -24,6 +24,7 @@ struct Udm: ParsableCommand {
             ClearCommand.self, RemoveCommand.self,
             ListCommand.self, TableCommand.self, StatusCommand.self, InfoCommand.self, StatsCommand.self,
             MessageCommand.self, TargetsCommand.self, SnapshotCommand.self,
+            DmsetupCommand.self, InstallDmsetupCommand.self,
         ]
     )
 
@@ -31,6 +32,10 @@ struct Udm: ParsableCommand {
     /// usage block), and a misspelt verb is named as one with the nearest verb suggested.
     static func main() {
         let arguments = Array(CommandLine.arguments.dropFirst())
+        // A symlink named dmsetup (udm install-dmsetup), or `udm dmsetup …`: dmsetup's own
+        // command line, which is not argument-parser's.
+        if (CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent }) == "dmsetup" { Dmsetup.main(arguments) }
+        if arguments.first == "dmsetup" { Dmsetup.main(Array(arguments.dropFirst())) }
         if let unknown = UnknownCommand.find(in: arguments, under: Udm.self) { fail(unknown.description) }
         do {
             var command = try parseAsRoot(arguments)

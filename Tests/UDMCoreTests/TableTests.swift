@@ -51,8 +51,8 @@ final class TableTests: XCTestCase {
         XCTAssertTrue(rejection("0 10 zero\n10 100 linear /a 950").hasPrefix("line 2: argument 1 of linear: device /a is too small"))
     }
 
-    func testRejectsArgumentsToError() {
-        XCTAssertEqual(rejection("0 10 error x"), "line 1: argument 1 of error: error takes no arguments, got 1")
+    func testRejectsArgumentsToZero() {
+        XCTAssertEqual(rejection("0 10 zero x"), "line 1: argument 1 of zero: zero takes no arguments, got 1")
     }
 
     func testRejectsEmptyTable() {
