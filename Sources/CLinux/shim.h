@@ -29,6 +29,7 @@ static const short udm_posix_spawn_setsid = 0x80;
 
 // glibc's heap counters (tests check that pools made at start allocate nothing later).
 #include <malloc.h>
+
 // Loop devices (struct loop_config, LOOP_* ioctls) and the block/file-system ioctls whose
 // numbers are _IO macros Swift cannot import.
 #include <linux/loop.h>
