@@ -27,7 +27,8 @@ final class RequestPoolTests: XCTestCase {
         let before = heapInUse()
         exercise(pool, sizes: sizes, rounds: 200)
         let after = heapInUse()
-        XCTAssertEqual(after - before, 0, "the pools allocated \(after - before) bytes after start")
+        // The counter is the whole process's: another thread may free meanwhile, never the pools allocate.
+        XCTAssertLessThanOrEqual(after - before, 0, "the pools allocated \(after - before) bytes after start")
         XCTAssertEqual(pool.outstanding, 0)
     }
 
