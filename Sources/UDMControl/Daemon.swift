@@ -57,9 +57,17 @@ public final class Daemon: @unchecked Sendable {
         var fuseOptions = FuseFileSystem.Options()
         fuseOptions.allowOther = config.allowOther
         fuseOptions.queueDepth = config.queueDepth
+        fuseOptions.transport = config.transport
         let fuse = try FuseFileSystem(mountPoint: config.mountPoint, options: fuseOptions)
         let registry = DeviceRegistry(config: config, fuse: fuse)
-        fuse.start()
+        try fuse.start()
+        if fuse.transport == .uring {
+            logger.info("transport: uring (FUSE over io_uring, \(fuse.transportNote))")
+        } else if config.transport == .auto {
+            logger.info("transport: legacy (io_uring not used: \(fuse.transportNote))")
+        } else {
+            logger.info("transport: legacy")
+        }
         for failure in try registry.restore() {
             logger.error("could not restore disk \(failure)")
         }

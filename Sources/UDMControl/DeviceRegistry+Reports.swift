@@ -40,6 +40,8 @@ public enum Reports {
         public var requestsActive: Int
         public var requestsWaiting: Int
         public var file: String
+        /// How FUSE requests reach the daemon: "uring" or "legacy".
+        public var transport: String
     }
 
     /// One operation group's counters (dmstats / diskstats).
@@ -70,6 +72,8 @@ public enum Reports {
         public var write: Counts
         public var discard: Counts
         public var flush: Counts
+        /// How FUSE requests reach the daemon: "uring" or "legacy".
+        public var transport: String
     }
 
     /// One row of `udm snapshot list`; a merge in progress shows the origin and "(COW file)".
@@ -143,6 +147,7 @@ public enum Reports {
                 "Bioset size:       \(info.biosetSize)",
                 "Queue depth:       \(info.queueDepth) (\(info.requestsActive) in flight, \(info.requestsWaiting) waiting)",
                 "File:              \(info.file)",
+                "Transport:         \(info.transport)",
             ].joined(separator: "\n")
         }.joined(separator: "\n\n")
     }
@@ -201,7 +206,8 @@ extension DeviceRegistry {
                                     openCount: fuse.openCount(name: disk), targets: live?.entries.count ?? 0,
                                     sectors: device.sectors, biosetSize: live?.bioSet.capacity ?? config.bioSetSize,
                                     queueDepth: fuse.queueDepth, requestsActive: requests.active,
-                                    requestsWaiting: requests.waiting, file: fuse.path(of: disk))
+                                    requestsWaiting: requests.waiting, file: fuse.path(of: disk),
+                                    transport: fuse.transport.rawValue)
             }
         }
     }
@@ -213,7 +219,8 @@ extension DeviceRegistry {
                 let device = records[disk]!.device
                 let stats = clear ? device.takeStatistics() : device.statistics()
                 return Reports.Stats(name: disk, inFlight: stats.inFlight, read: .init(stats[.read]),
-                                     write: .init(stats[.write]), discard: .init(stats[.discard]), flush: .init(stats[.flush]))
+                                     write: .init(stats[.write]), discard: .init(stats[.discard]), flush: .init(stats[.flush]),
+                                     transport: fuse.transport.rawValue)
             }
         }
     }
