@@ -16,8 +16,10 @@ public final class FuseFileSystem: @unchecked Sendable {
         public var queueDepth = 128
         /// How requests arrive and replies leave (`FuseTransport`).
         public var transport = FuseTransport.legacy
-        /// Ring entries per CPU queue with the io_uring transport.
-        public var ringEntries = 256
+        /// Ring entries per CPU queue with the io_uring transport: as many as the request pool
+        /// has requests, so that held disks cannot take every entry of a queue before they
+        /// take every request (the kernel's max_background is set below that).
+        public var ringEntries = RequestPool.Sizes.standard.requests
         public init() {}
     }
 
