@@ -16,9 +16,10 @@ public final class FuseFileSystem: @unchecked Sendable {
         public var queueDepth = 128
         /// How requests arrive and replies leave (`FuseTransport`).
         public var transport = FuseTransport.legacy
-        /// Ring entries per CPU queue with the io_uring transport: as many as the request pool
-        /// has requests, so that held disks cannot take every entry of a queue before they
-        /// take every request (the kernel's max_background is set below that).
+        /// Ring entries with the io_uring transport, all CPU queues together: as many as the
+        /// request pool has requests. Never more, so a ring thread never waits for a request
+        /// only it could free; not fewer, so that held disks cannot take every entry of a queue
+        /// much before they would take every request (max_background is set below that).
         public var ringEntries = RequestPool.Sizes.standard.requests
         public init() {}
     }
@@ -46,7 +47,7 @@ public final class FuseFileSystem: @unchecked Sendable {
                 guard options.transport == .auto else { throw FuseError("FUSE over io_uring unavailable: \(reason)") }
                 transportNote = reason
             } else {
-                ring = UringTransport(entriesPerQueue: options.ringEntries)
+                ring = UringTransport(totalEntries: options.ringEntries)
             }
         }
         self.ring = ring

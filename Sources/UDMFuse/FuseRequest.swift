@@ -77,7 +77,13 @@ final class FuseRequest: BioCompletion, @unchecked Sendable {
         bio.sectors = step.sectors
         bio.buffer = step.bufferOffset >= 0 ? buffer! + step.bufferOffset : nil
         bio.completion = self
-        bio.submit(to: disk!.device)
+        // On a ring thread, a request with a small buffer lets the ring carry its transfers
+        // (see RingQueue); others, and requests on libfuse's workers, transfer synchronously.
+        if bufferClass <= 0, let ring = RingQueue.ofThisThread {
+            AsyncTransfer.with(ring) { bio.submit(to: disk!.device) }
+        } else {
+            bio.submit(to: disk!.device)
+        }
     }
 
     func bioCompleted(_ bio: Bio) {

@@ -1,5 +1,6 @@
 import CFuse3
 internal import CUring
+import UDMCore
 import Glibc
 import Synchronization
 
@@ -12,7 +13,13 @@ import Synchronization
 ///
 /// Replies from other threads reach the ring thread through a lock-free stack of finished
 /// entries; an eventfd read kept posted on the ring wakes the thread when it is waiting.
-final class RingQueue: @unchecked Sendable {
+///
+/// The ring also carries the disks' image-file transfers for the requests it dispatches
+/// (`AsyncTransferEngine`): the thread never waits for a disk, so one thread per CPU serves
+/// every request of that CPU at once. Only requests with small buffers use it, and the
+/// transport keeps the entries of all rings within the request pool, so the one wait left on
+/// this thread (`RequestPool.take`) can never be for something only this thread would free.
+final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
     /// The header page holds the kernel's header (288 bytes) at its start and, at its end, the
     /// request rebuilt for libfuse (in-header and op header), contiguous with the payload.
     static let headerBytes = 4096
@@ -21,6 +28,15 @@ final class RingQueue: @unchecked Sendable {
     private static let opHeaderOffset = Int(UDM_FUSE_URING_IN_OUT_HEADER_SZ)
     private static let entryFieldsOffset = opHeaderOffset + Int(UDM_FUSE_URING_OP_IN_OUT_SZ)
     private static let eventTag = UInt64.max
+    /// user_data of a transfer: this bit and the slot.
+    private static let transferTag: UInt64 = 1 << 62
+
+    /// The ring of the thread running this, if it is a ring thread.
+    private final class Current {
+        var ring: RingQueue?
+    }
+    private static let current = ThreadLocal { Current() }
+    static var ofThisThread: RingQueue? { current.value.ring }
 
     let qid: UInt16
     /// This ring's place in the transport (part of the tags that route replies here).
@@ -46,6 +62,13 @@ final class RingQueue: @unchecked Sendable {
     private let eventFD: Int32
     private let eventValue = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
     private var thread: pthread_t?
+    /// Owned by the ring thread.
+    private var ring = io_uring()
+    /// Transfers in flight: their bio and owner by slot, and the free slots (ring thread only).
+    private let transferCapacity: Int
+    private let transferBios: UnsafeMutablePointer<Unmanaged<Bio>?>
+    private let transferOwners: UnsafeMutablePointer<Unmanaged<AnyObject>?>
+    private var freeTransfers: [Int32]
     /// Set by the ring thread once registration has been submitted: nil if it succeeded.
     private let registration = Mutex<(done: Bool, error: String?)>((false, nil))
 
@@ -74,6 +97,13 @@ final class RingQueue: @unchecked Sendable {
         commitIDs.initialize(repeating: 0, count: entries)
         links = .allocate(capacity: entries)
         links.initialize(repeating: 0, count: entries)
+        // A request's bio may be split across a few images (striped): room for that.
+        transferCapacity = 4 * entries
+        transferBios = .allocate(capacity: transferCapacity)
+        transferBios.initialize(repeating: nil, count: transferCapacity)
+        transferOwners = .allocate(capacity: transferCapacity)
+        transferOwners.initialize(repeating: nil, count: transferCapacity)
+        freeTransfers = Array((0..<Int32(transferCapacity)).reversed())
         for entry in 0..<entries {
             iovecs[2 * entry] = iovec(iov_base: header(entry), iov_len: MemoryLayout<udm_fuse_uring_req_header>.size)
             iovecs[2 * entry + 1] = iovec(iov_base: payload(entry), iov_len: self.payloadBytes)
@@ -87,6 +117,8 @@ final class RingQueue: @unchecked Sendable {
         commitIDs.deallocate()
         links.deallocate()
         eventValue.deallocate()
+        transferBios.deallocate()
+        transferOwners.deallocate()
     }
 
     /// The tag a request of `entry` carries through libfuse instead of its unique: the top bit
@@ -179,24 +211,25 @@ final class RingQueue: @unchecked Sendable {
     // MARK: the ring thread
 
     private func run() {
-        var ring = io_uring()
         var params = io_uring_params()
         var sqEntries: UInt32 = 8
         while sqEntries < UInt32(entryCount + 1) { sqEntries <<= 1 }
         // Completions are reaped by this thread only, and task work (the kernel copying a
         // request into an entry) runs when it waits: no interrupting wake-ups.
         params.flags = UInt32(IORING_SETUP_SQE128) | UInt32(IORING_SETUP_SINGLE_ISSUER) | UInt32(IORING_SETUP_DEFER_TASKRUN)
-        var result = io_uring_queue_init_params(sqEntries, &ring, &params)
+        var result = io_uring_queue_init_params(sqEntries, &self.ring, &params)
         if result == -EINVAL {
             params = io_uring_params()
             params.flags = UInt32(IORING_SETUP_SQE128)
-            result = io_uring_queue_init_params(sqEntries, &ring, &params)
+            result = io_uring_queue_init_params(sqEntries, &self.ring, &params)
         }
         guard result == 0 else {
             registration.withLock { $0 = (true, "cannot set up the io_uring of FUSE queue \(qid): \(String(cString: strerror(-result)))") }
             return
         }
+        Self.current.value.ring = self
         defer {
+            Self.current.value.ring = nil
             io_uring_queue_exit(&ring)
             ended.store(true, ordering: .releasing)
         }
@@ -244,6 +277,8 @@ final class RingQueue: @unchecked Sendable {
                 let cqe = cqes[k]!.pointee
                 if cqe.user_data == Self.eventTag {
                     postEventRead(&ring)
+                } else if cqe.user_data & Self.transferTag != 0 {
+                    transferEnded(slot: Int(cqe.user_data & ~Self.transferTag), result: Int(cqe.res))
                 } else if cqe.res < 0 {
                     // The connection ended (ENOTCONN) or the ring is going (ECANCELED).
                     live -= 1
@@ -253,6 +288,31 @@ final class RingQueue: @unchecked Sendable {
             }
             io_uring_cq_advance(&ring, UInt32(count))
         }
+    }
+
+    func startTransfer(write: Bool, fd: Int32, buffer: UnsafeMutableRawPointer, count: Int, offset: Int,
+                       bio: Bio, owner: AsyncTransferOwner) -> Bool {
+        guard let slot = freeTransfers.popLast() else { return false }
+        transferBios[Int(slot)] = Unmanaged.passRetained(bio)
+        transferOwners[Int(slot)] = Unmanaged.passRetained(owner as AnyObject)
+        prepare(&ring) { sqe in
+            if write {
+                io_uring_prep_write(sqe, fd, buffer, UInt32(count), UInt64(offset))
+            } else {
+                io_uring_prep_read(sqe, fd, buffer, UInt32(count), UInt64(offset))
+            }
+            sqe.pointee.user_data = Self.transferTag | UInt64(slot)
+        }
+        return true
+    }
+
+    private func transferEnded(slot: Int, result: Int) {
+        let bio = transferBios[slot]!.takeRetainedValue()
+        let owner = transferOwners[slot]!.takeRetainedValue() as! AsyncTransferOwner
+        transferBios[slot] = nil
+        transferOwners[slot] = nil
+        freeTransfers.append(Int32(slot))
+        owner.transferEnded(bio, result: result)
     }
 
     private func postEventRead(_ ring: inout io_uring) {

@@ -13,7 +13,8 @@ import Synchronization
 /// some, the kernel sends all ordinary requests over the rings. Every request still goes
 /// through libfuse's dispatcher and the same handlers, request pool and disk queues.
 final class UringTransport: @unchecked Sendable {
-    let entriesPerQueue: Int
+    /// Entries of all queues together (split evenly between the CPUs).
+    let totalEntries: Int
     /// Set before any ring thread starts, read by the reply hook afterwards.
     private var queues: [RingQueue] = []
     private let initUnique = Atomic<UInt64>(0)
@@ -21,8 +22,8 @@ final class UringTransport: @unchecked Sendable {
     /// The INIT reply: sent, and the payload size every entry needs.
     private let initReply = Mutex<(sent: Bool, payloadBytes: Int)>((false, 0))
 
-    init(entriesPerQueue: Int) {
-        self.entriesPerQueue = entriesPerQueue
+    init(totalEntries: Int) {
+        self.totalEntries = totalEntries
     }
 
     /// The hooks; `userdata` is the session's (the `DiskDirectory`, which holds this transport).
@@ -115,9 +116,10 @@ final class UringTransport: @unchecked Sendable {
         let payloadBytes = initReply.withLock { $0.payloadBytes }
         guard payloadBytes > 0 else { throw FuseError("the FUSE INIT reply failed") }
         let cpus = Self.possibleCPUs()
+        let entries = max(1, totalEntries / cpus)
         do {
             queues = try (0..<cpus).map {
-                try RingQueue(qid: UInt16($0), index: $0, entries: entriesPerQueue, payloadBytes: payloadBytes, fuseFD: fd, session: session)
+                try RingQueue(qid: UInt16($0), index: $0, entries: entries, payloadBytes: payloadBytes, fuseFD: fd, session: session)
             }
         } catch {
             queues = []
@@ -129,7 +131,7 @@ final class UringTransport: @unchecked Sendable {
                 throw FuseError(reason)
             }
         }
-        return "\(cpus) queues x \(entriesPerQueue) entries of \(payloadBytes >> 10) KiB"
+        return "\(cpus) queues x \(entries) entries of \(payloadBytes >> 10) KiB"
     }
 
     /// After unmount: the kernel ends every entry's command as the connection goes, and the
