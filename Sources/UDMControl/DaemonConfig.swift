@@ -13,7 +13,7 @@ public struct DaemonConfig: Sendable {
     /// FUSE requests each disk has in flight at most (more wait in the daemon, in order).
     public static let defaultQueueDepth = 128
     /// How FUSE requests reach the daemon (`FuseTransport`).
-    public static let defaultTransport = FuseTransport.legacy
+    public static let defaultTransport = FuseTransport.auto
 
     public var mountPoint: String
     public var stateDirectory: String
