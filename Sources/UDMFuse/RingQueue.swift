@@ -58,7 +58,7 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
     private let finished = Atomic<Int>(0)
     private let sleeping = Atomic<Bool>(false)
     private let leave = Atomic<Bool>(false)
-    private let ended = Atomic<Bool>(false)
+    private let stopped = Atomic<Bool>(false)
     private let eventFD: Int32
     private let eventValue = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
     private var thread: pthread_t?
@@ -69,6 +69,8 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
     private let transferBios: UnsafeMutablePointer<Unmanaged<Bio>?>
     private let transferOwners: UnsafeMutablePointer<Unmanaged<AnyObject>?>
     private var freeTransfers: [Int32]
+    /// Per entry: its command has ended with an error, so it is not committed again.
+    private var ended: [Bool]
     /// Set by the ring thread once registration has been submitted: nil if it succeeded.
     private let registration = Mutex<(done: Bool, error: String?)>((false, nil))
 
@@ -104,6 +106,7 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
         transferOwners = .allocate(capacity: transferCapacity)
         transferOwners.initialize(repeating: nil, count: transferCapacity)
         freeTransfers = Array((0..<Int32(transferCapacity)).reversed())
+        ended = Array(repeating: false, count: entries)
         for entry in 0..<entries {
             iovecs[2 * entry] = iovec(iov_base: header(entry), iov_len: MemoryLayout<udm_fuse_uring_req_header>.size)
             iovecs[2 * entry + 1] = iovec(iov_base: payload(entry), iov_len: self.payloadBytes)
@@ -153,7 +156,7 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
     /// (closing the ring cancels their commands), and joins it.
     func stop(afterSeconds seconds: Int) {
         guard let thread else { return }
-        for _ in 0..<(seconds * 100) where !ended.load(ordering: .acquiring) {
+        for _ in 0..<(seconds * 100) where !stopped.load(ordering: .acquiring) {
             usleep(10_000)
         }
         leave.store(true, ordering: .sequentiallyConsistent)
@@ -231,7 +234,7 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
         defer {
             Self.current.value.ring = nil
             io_uring_queue_exit(&ring)
-            ended.store(true, ordering: .releasing)
+            stopped.store(true, ordering: .releasing)
         }
         postEventRead(&ring)
         for entry in 0..<entryCount {
@@ -258,7 +261,9 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
         registration.withLock { $0 = (true, nil) }
         var live = entryCount
         var first = true
-        while live > 0, !leave.load(ordering: .sequentiallyConsistent) {
+        // Until every entry's command has ended and every transfer begun has ended too (its
+        // request is answered, even if the answer can no longer be committed).
+        while live > 0 || freeTransfers.count < transferCapacity, !leave.load(ordering: .sequentiallyConsistent) {
             var count = early
             if !first {
                 commitFinished(&ring)
@@ -280,8 +285,12 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
                 } else if cqe.user_data & Self.transferTag != 0 {
                     transferEnded(slot: Int(cqe.user_data & ~Self.transferTag), result: Int(cqe.res))
                 } else if cqe.res < 0 {
-                    // The connection ended (ENOTCONN) or the ring is going (ECANCELED).
-                    live -= 1
+                    // The connection ended (ENOTCONN) or the ring is going (ECANCELED); a
+                    // commit of an entry already ended ends the same way.
+                    if !ended[Int(cqe.user_data)] {
+                        ended[Int(cqe.user_data)] = true
+                        live -= 1
+                    }
                 } else {
                     dispatch(Int(cqe.user_data))
                 }
@@ -334,6 +343,7 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
         while top != 0 {
             let entry = top - 1
             top = links[entry]
+            guard !ended[entry] else { continue }
             prepare(&ring) { sqe in
                 udm_prep_fuse_uring_cmd(sqe, fuseFD, udm_fuse_io_uring_cmd_commit_and_fetch, iovecs + 2 * entry, qid,
                                         commitIDs[entry], UInt64(entry))
