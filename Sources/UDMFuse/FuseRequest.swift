@@ -32,7 +32,9 @@ final class FuseRequest: BioCompletion, @unchecked Sendable {
     private unowned let pool: RequestPool
     private let bio = Bio()
     var buffer: UnsafeMutableRawPointer?
+    /// The pool's buffer class; -1 without a buffer, `borrowedBuffer` with a lent one.
     var bufferClass = -1
+    static let borrowedBuffer = -2
     /// Links a request on its pool's free list or its disk's queue.
     var next: FuseRequest?
     private var handle: fuse_req_t?

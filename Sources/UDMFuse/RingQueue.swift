@@ -69,6 +69,8 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
     private let transferBios: UnsafeMutablePointer<Unmanaged<Bio>?>
     private let transferOwners: UnsafeMutablePointer<Unmanaged<AnyObject>?>
     private var freeTransfers: [Int32]
+    /// The payload of the entry being dispatched, until a request borrows it.
+    private var lendablePayload: UnsafeMutableRawPointer?
     /// Per entry: its command has ended with an error, so it is not committed again.
     private var ended: [Bool]
     /// Set by the ring thread once registration has been submitted: nil if it succeeded.
@@ -299,6 +301,13 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
         }
     }
 
+    /// The payload of the entry whose request is being dispatched, for that request's data
+    /// (once): it stays the request's until its reply is committed.
+    func lendPayload() -> UnsafeMutableRawPointer? {
+        defer { lendablePayload = nil }
+        return lendablePayload
+    }
+
     func startTransfer(write: Bool, fd: Int32, buffer: UnsafeMutableRawPointer, count: Int, offset: Int,
                        bio: Bio, owner: AsyncTransferOwner) -> Bool {
         guard let slot = freeTransfers.popLast() else { return false }
@@ -373,7 +382,9 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
         buffer.size = length
         buffer.mem = message
         buffer.fd = -1
+        lendablePayload = payload(entry)
         fuse_session_process_buf(session, &buffer)
+        lendablePayload = nil
     }
 
     private func answer(_ entry: Int, error: Int32) {
