@@ -16,9 +16,10 @@ import Synchronization
 ///
 /// The ring also carries the disks' image-file transfers for the requests it dispatches
 /// (`AsyncTransferEngine`): the thread never waits for a disk, so one thread per CPU serves
-/// every request of that CPU at once. Only requests with small buffers use it, and the
-/// transport keeps the entries of all rings within the request pool, so the one wait left on
-/// this thread (`RequestPool.take`) can never be for something only this thread would free.
+/// every request of that CPU at once. Only requests with an entry's payload (`lendPayload`) or
+/// a small pool buffer use it, and the transport keeps the entries of all rings within the
+/// request pool, so the one wait left on this thread (`RequestPool.take`) can never be for
+/// something only this thread would free.
 final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
     /// The header page holds the kernel's header (288 bytes) at its start and, at its end, the
     /// request rebuilt for libfuse (in-header and op header), contiguous with the payload.
