@@ -15,11 +15,13 @@ let package = Package(
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3"),
         // The few Linux declarations Glibc's Swift module hides (they need _GNU_SOURCE).
         .systemLibrary(name: "CLinux"),
+        // liburing, and the FUSE-over-io_uring protocol declarations Debian 12's headers lack.
+        .systemLibrary(name: "CUring"),
         .target(name: "UDMCore"),
         .target(name: "UDMExceptionStore", dependencies: ["UDMCore"]),
         .target(name: "UDMTargets", dependencies: ["UDMCore", "UDMExceptionStore"]),
         .target(name: "UDMBackends", dependencies: ["UDMCore", "CLinux"]),
-        .target(name: "UDMFuse", dependencies: ["UDMCore", "CFuse3", "CLinux"]),
+        .target(name: "UDMFuse", dependencies: ["UDMCore", "CFuse3", "CLinux", "CUring"]),
         .target(name: "UDMControl", dependencies: [
             "UDMCore", "UDMTargets", "UDMBackends", "UDMFuse", "CLinux",
             .product(name: "Logging", package: "swift-log"),

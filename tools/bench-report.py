@@ -17,7 +17,7 @@ import sys
 
 JOBS = ["randread4k", "randwrite4k", "seqread1m", "seqwrite1m", "lat4k"]
 THROUGHPUT_JOBS = ["randread4k", "randwrite4k", "seqread1m", "seqwrite1m"]
-SUBJECTS = ["raw", "loop", "udm-linear", "udm-linear-loop", "udm-striped", "udm-snap",
+SUBJECTS = ["raw", "loop", "udm-linear", "udm-linear-loop", "udm-striped", "udm-linear-uring", "udm-striped-uring", "udm-snap",
             "udm-snap-fw", "udm-snap-fw-sparse", "qsd", "qsd-loop", "qsd-qcow2-fw"]
 DESCRIPTION = {
     "raw": "the image file itself (the limit)",
@@ -25,6 +25,8 @@ DESCRIPTION = {
     "udm-linear": "udm linear disk over the image",
     "udm-linear-loop": "loop device (--direct-io=on) over the udm linear disk's file",
     "udm-striped": "udm striped disk over two images",
+    "udm-linear-uring": "udm linear disk, second daemon on the io_uring FUSE transport",
+    "udm-striped-uring": "udm striped disk, second daemon on the io_uring FUSE transport",
     "udm-snap": "udm snapshot-origin with one snapshot, steady state (every chunk copied once)",
     "udm-snap-fw": "udm snapshot-origin, fresh snapshot per run (first writes copy chunks), preallocated COW file",
     "udm-snap-fw-sparse": "the same with a sparse COW file (each first copy allocates file-system blocks)",
@@ -43,6 +45,9 @@ TARGETS = [
     ("udm-snap-fw", "qsd-qcow2-fw", ["randwrite4k"], 2.0, "snapshot first-write randwrite >= 2x qcow2 overlay"),
     ("udm-snap-fw-sparse", "qsd-qcow2-fw", ["randwrite4k"], 2.0, "(info) sparse COW first-write vs qcow2 overlay"),
     ("udm-linear-loop", "udm-linear", THROUGHPUT_JOBS, 0.9, "udm through a loop device >= 0.9x without"),
+    ("udm-linear-uring", "udm-linear", ["randread4k", "randwrite4k"], 1.3, "uring transport 4k >= 1.3x legacy (linear)"),
+    ("udm-striped-uring", "udm-striped", ["randread4k", "randwrite4k"], 1.3, "uring transport 4k >= 1.3x legacy (striped)"),
+    ("udm-linear-uring", "raw", ["randread4k", "randwrite4k"], 0.6, "uring transport linear 4k >= 0.6x raw"),
     ("qsd-loop", "qsd", THROUGHPUT_JOBS, 0.9, "(peer) qsd through a loop device vs without"),
 ]
 MiB = 1024 * 1024

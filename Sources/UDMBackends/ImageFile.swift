@@ -15,7 +15,7 @@ import UDMCore
 /// that is not 512-byte aligned (libfuse's write buffer) is bounced through an aligned
 /// per-thread buffer; if the host device wants larger alignment the I/O falls back to a
 /// buffered descriptor of the same file, which the kernel keeps coherent with the direct one.
-public final class ImageFile: BlockDevice, @unchecked Sendable {
+public final class ImageFile: BlockDevice, AsyncTransferOwner, @unchecked Sendable {
     public enum DirectIO: String, Sendable, CaseIterable {
         /// O_DIRECT if the file accepts it, else buffered.
         case auto
@@ -74,6 +74,13 @@ public final class ImageFile: BlockDevice, @unchecked Sendable {
         let offset = Int(bio.sector) << 9
         switch bio.op {
         case .read, .write:
+            // A plain aligned direct transfer may go to the thread's engine (a FUSE ring).
+            if usesDirectIO, bio.flags.isEmpty, let buffer = bio.buffer, Int(bitPattern: buffer) & 511 == 0,
+               let engine = AsyncTransfer.current,
+               engine.startTransfer(write: bio.op == .write, fd: fd, buffer: buffer, count: bio.byteCount,
+                                    offset: offset, bio: bio, owner: self) {
+                return
+            }
             // PREFLUSH: what was written before must be durable before this write's data.
             if bio.flags.contains(.preflush) {
                 let flushed = SystemCall.retrying { Int(fdatasync(fd)) }
@@ -93,6 +100,17 @@ public final class ImageFile: BlockDevice, @unchecked Sendable {
                                mode: udm_falloc_zero_range | udm_falloc_keep_size)
         }
         bio.end(result < 0 ? BioStatus(errno: Int32(-result)) : .ok)
+    }
+
+    /// An engine's transfer ended: done, or redone synchronously when it failed or fell short
+    /// (the end of the file, an alignment the device refuses), which sorts out those cases.
+    public func transferEnded(_ bio: Bio, result: Int) {
+        if result == bio.byteCount {
+            bio.end(.ok)
+        } else {
+            let redone = transfer(bio, offset: Int(bio.sector) << 9)
+            bio.end(redone < 0 ? BioStatus(errno: Int32(-redone)) : .ok)
+        }
     }
 
     /// Writes zeros over the first `bytes` of an open file, so the file system allocates every

@@ -59,13 +59,21 @@ public final class Daemon: @unchecked Sendable {
         var fuseOptions = FuseFileSystem.Options()
         fuseOptions.allowOther = config.allowOther
         fuseOptions.queueDepth = config.queueDepth
+        fuseOptions.transport = config.transport
         let fuse = try FuseFileSystem(mountPoint: config.mountPoint, options: fuseOptions)
         let registry = DeviceRegistry(config: config, fuse: fuse)
-        fuse.start(whenUnmounted: { [self] in
+        try fuse.start(whenUnmounted: { [self] in
             logger.info("\(config.mountPoint) was unmounted from outside: shutting down")
             unmountedFromOutside.store(true, ordering: .releasing)
             requestStop()
         })
+        if fuse.transport == .uring {
+            logger.info("transport: uring (FUSE over io_uring, \(fuse.transportNote))")
+        } else if config.transport == .auto {
+            logger.info("transport: legacy (io_uring not used: \(fuse.transportNote))")
+        } else {
+            logger.info("transport: legacy")
+        }
         for failure in try registry.restore() {
             logger.error("could not restore disk \(failure)")
         }

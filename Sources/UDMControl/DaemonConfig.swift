@@ -1,4 +1,5 @@
 import UDMBackends
+import UDMFuse
 import UDMTargets
 
 /// Where the daemon lives and how it builds disks.
@@ -13,6 +14,8 @@ public struct DaemonConfig: Sendable {
     public static let defaultBioSetSize = 256
     /// FUSE requests each disk has in flight at most (more wait in the daemon, in order).
     public static let defaultQueueDepth = 128
+    /// How FUSE requests reach the daemon (`FuseTransport`).
+    public static let defaultTransport = FuseTransport.auto
 
     public var mountPoint: String
     public var stateDirectory: String
@@ -22,10 +25,12 @@ public struct DaemonConfig: Sendable {
     public var allowOther: Bool
     public var queueDepth: Int
     public var mapperDirectory: String = defaultMapperDirectory
+    public var transport: FuseTransport
 
     public init(mountPoint: String = defaultMountPoint, stateDirectory: String = defaultStateDirectory,
                 socketPath: String = defaultSocket, bioSetSize: Int = defaultBioSetSize,
-                directIO: ImageFile.DirectIO = .auto, allowOther: Bool = false, queueDepth: Int = defaultQueueDepth) {
+                directIO: ImageFile.DirectIO = .auto, allowOther: Bool = false, queueDepth: Int = defaultQueueDepth,
+                transport: FuseTransport = defaultTransport) {
         self.mountPoint = mountPoint
         self.stateDirectory = stateDirectory
         self.socketPath = socketPath
@@ -33,6 +38,7 @@ public struct DaemonConfig: Sendable {
         self.directIO = directIO
         self.allowOther = allowOther
         self.queueDepth = queueDepth
+        self.transport = transport
     }
 
     /// Target types the daemon builds tables from: name and version, by name.

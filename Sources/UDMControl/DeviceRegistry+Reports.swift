@@ -47,6 +47,8 @@ public enum Reports {
         public var minor: Int? = nil
         public var blockOpenCount: Int? = nil
         public var readAhead: Int? = nil
+        /// How FUSE requests reach the daemon: "uring" or "legacy".
+        public var transport: String
     }
 
     /// One operation group's counters (dmstats / diskstats).
@@ -77,6 +79,8 @@ public enum Reports {
         public var write: Counts
         public var discard: Counts
         public var flush: Counts
+        /// How FUSE requests reach the daemon: "uring" or "legacy".
+        public var transport: String
     }
 
     /// One row of `udm snapshot list`; a merge in progress shows the origin and "(COW file)".
@@ -150,6 +154,7 @@ public enum Reports {
                 "Bioset size:       \(info.biosetSize)",
                 "Queue depth:       \(info.queueDepth) (\(info.requestsActive) in flight, \(info.requestsWaiting) waiting)",
                 "File:              \(info.file)",
+                "Transport:         \(info.transport)",
             ].joined(separator: "\n") + (info.blockDevice.map { device in
                 "\nBlock device:      \(device) (\(info.major ?? 0):\(info.minor ?? 0), open count \(info.blockOpenCount ?? 0))"
             } ?? "")
@@ -210,7 +215,8 @@ extension DeviceRegistry {
                                     openCount: fuse.openCount(name: disk), targets: live?.entries.count ?? 0,
                                     sectors: device.sectors, biosetSize: live?.bioSet.capacity ?? config.bioSetSize,
                                     queueDepth: fuse.queueDepth, requestsActive: requests.active,
-                                    requestsWaiting: requests.waiting, file: fuse.path(of: disk))
+                                    requestsWaiting: requests.waiting, file: fuse.path(of: disk),
+                                    transport: fuse.transport.rawValue)
             }
         }
     }
@@ -222,7 +228,8 @@ extension DeviceRegistry {
                 let device = records[disk]!.device
                 let stats = clear ? device.takeStatistics() : device.statistics()
                 return Reports.Stats(name: disk, inFlight: stats.inFlight, read: .init(stats[.read]),
-                                     write: .init(stats[.write]), discard: .init(stats[.discard]), flush: .init(stats[.flush]))
+                                     write: .init(stats[.write]), discard: .init(stats[.discard]), flush: .init(stats[.flush]),
+                                     transport: fuse.transport.rawValue)
             }
         }
     }

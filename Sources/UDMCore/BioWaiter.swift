@@ -18,7 +18,8 @@ public final class BioWaiter: BioCompletion, @unchecked Sendable {
     public func run(_ bio: Bio, on device: BlockDevice) -> BioStatus {
         done = false
         bio.completion = self
-        bio.submit(to: device)
+        // Not through this thread's transfer engine: its completions need this thread.
+        AsyncTransfer.with(nil) { bio.submit(to: device) }
         lock.waitUntil({ done }, then: {})
         return bio.status
     }

@@ -23,7 +23,14 @@ enum DiskIO {
         }
         let length = min(count, size - offset, 1 << 20)
         let (first, end) = covering(offset, length)
-        let request = disk.queue.pool.take(bytes: end - first)
+        // On a ring, a whole-sector read goes straight into the entry's payload, where the
+        // reply is taken from: no pool buffer, no copy.
+        let request: FuseRequest
+        if first == offset, end == offset + length, let payload = RingQueue.ofThisThread?.lendPayload() {
+            request = disk.queue.pool.take(borrowing: payload)
+        } else {
+            request = disk.queue.pool.take(bytes: end - first)
+        }
         request.prepare(handle, disk: disk, reply: .data(offset: offset - first, count: length))
         request.add(.init(op: .read, sector: UInt64(first >> 9), sectors: UInt64((end - first) >> 9), bufferOffset: 0))
         disk.queue.submit(request)
@@ -45,11 +52,20 @@ enum DiskIO {
         let (first, end) = covering(offset, length)
         let span = end - first
         let aligned = first == offset && end == offset + length
-        // A partial-sector write keeps a sector of scratch per edge behind the covering sectors.
-        let request = disk.queue.pool.take(bytes: aligned ? span : span + 2 * sectorSize)
+        // On a ring, a whole-sector write is written from the entry's payload, where its data
+        // already is. Otherwise a partial-sector write keeps a sector of scratch per edge
+        // behind the covering sectors.
+        let request: FuseRequest
+        if aligned, let payload = RingQueue.ofThisThread?.lendPayload(), UnsafeRawPointer(payload) == data {
+            request = disk.queue.pool.take(borrowing: payload)
+        } else {
+            request = disk.queue.pool.take(bytes: aligned ? span : span + 2 * sectorSize)
+        }
         request.prepare(handle, disk: disk, reply: .written(length))
         let buffer = request.buffer!
-        (buffer + (offset - first)).copyMemory(from: data, byteCount: length)
+        if UnsafeRawPointer(buffer + (offset - first)) != data {
+            (buffer + (offset - first)).copyMemory(from: data, byteCount: length)
+        }
         if !aligned {
             let head = offset - first
             if head > 0 {

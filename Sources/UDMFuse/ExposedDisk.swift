@@ -37,10 +37,13 @@ final class DiskDirectory: Sendable {
     /// Where every disk's requests come from, and how many each may have in flight.
     let requests: RequestPool
     let queueDepth: Int
+    /// The io_uring transport, when requests come over FUSE rings (the device hooks find it here).
+    let ring: UringTransport?
 
-    init(requests: RequestPool, queueDepth: Int) {
+    init(requests: RequestPool, queueDepth: Int, ring: UringTransport?) {
         self.requests = requests
         self.queueDepth = queueDepth
+        self.ring = ring
     }
 
     func add(name: String, device: MappedDevice) {

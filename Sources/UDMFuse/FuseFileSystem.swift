@@ -14,6 +14,13 @@ public final class FuseFileSystem: @unchecked Sendable {
         public var idleThreads: UInt32 = 8
         /// FUSE requests a disk has in flight at most; more wait in the daemon, in order.
         public var queueDepth = 128
+        /// How requests arrive and replies leave (`FuseTransport`).
+        public var transport = FuseTransport.legacy
+        /// Ring entries with the io_uring transport, all CPU queues together: as many as the
+        /// request pool has requests. Never more, so a ring thread never waits for a request
+        /// only it could free; not fewer, so that held disks cannot take every entry of a queue
+        /// much before they would take every request (max_background is set below that).
+        public var ringEntries = RequestPool.Sizes.standard.requests
         public init() {}
     }
 
@@ -26,12 +33,27 @@ public final class FuseFileSystem: @unchecked Sendable {
     private let stopping = Mutex(false)
     private var whenUnmounted: @Sendable () -> Void = {}
     private let options: Options
+    private let ring: UringTransport?
+    /// The transport in use: "uring" or "legacy".
+    public private(set) var transport = FuseTransport.legacy
+    /// Why `auto` fell back to legacy, or what the rings are (for the log).
+    public private(set) var transportNote = ""
 
     /// Mounts at `mountPoint` (which must exist); I/O is served once `start` is called.
     public init(mountPoint: String, options: Options = Options()) throws {
         self.mountPoint = mountPoint
         self.options = options
-        directory = DiskDirectory(requests: requests, queueDepth: options.queueDepth)
+        var ring: UringTransport?
+        if options.transport != .legacy {
+            if let reason = UringProbe.reasonUnavailable() {
+                guard options.transport == .auto else { throw FuseError("FUSE over io_uring unavailable: \(reason)") }
+                transportNote = reason
+            } else {
+                ring = UringTransport(totalEntries: options.ringEntries)
+            }
+        }
+        self.ring = ring
+        directory = DiskDirectory(requests: requests, queueDepth: options.queueDepth, ring: ring)
         var mountOptions = "fsname=udm,subtype=udm,default_permissions"
         if options.allowOther { mountOptions += ",allow_other" }
         let argv = ["udm", "-o", mountOptions].map { $0.withCString { strdup($0) } }
@@ -56,12 +78,23 @@ public final class FuseFileSystem: @unchecked Sendable {
             fuse_session_destroy(session)
             throw FuseError("cannot mount FUSE at \(mountPoint)")
         }
+        if ring != nil {
+            var io = UringTransport.customIO
+            let result = fuse_session_custom_io(session, &io, fuse_session_fd(session))
+            guard result == 0 else {
+                fuse_session_unmount(session)
+                fuse_session_destroy(session)
+                throw FuseError("cannot install the io_uring transport's device hooks: \(String(cString: strerror(-result)))")
+            }
+        }
     }
 
-    /// Serves requests on libfuse's worker threads until `stop`. When the mount goes away from
-    /// outside (`fusermount3 -u`, or a lazy unmount once its last file is closed), the kernel
-    /// ends the connection and `whenUnmounted` runs, on the loop's thread.
-    public func start(whenUnmounted: @escaping @Sendable () -> Void = {}) {
+    /// Serves requests on libfuse's worker threads (and the rings) until `stop`. With the
+    /// io_uring transport, waits for INIT and the rings' registration; `auto` falls back to
+    /// legacy when that fails, `uring` throws the reason (after unmounting). When the mount goes
+    /// away from outside (`fusermount3 -u`, or a lazy unmount once its last file is closed), the
+    /// kernel ends the connection and `whenUnmounted` runs, on the loop's thread.
+    public func start(whenUnmounted: @escaping @Sendable () -> Void = {}) throws {
         self.whenUnmounted = whenUnmounted
         var thread = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
@@ -71,6 +104,17 @@ public final class FuseFileSystem: @unchecked Sendable {
             return nil
         }, context)
         loopThread = thread
+        guard let ring else { return }
+        do {
+            transportNote = try ring.start(session: session, fd: fuse_session_fd(session))
+            transport = .uring
+        } catch {
+            guard options.transport == .auto else {
+                stop()
+                throw FuseError("FUSE over io_uring unavailable: \(error)")
+            }
+            transportNote = "\(error)"
+        }
     }
 
     private func runLoop() {
@@ -94,6 +138,7 @@ public final class FuseFileSystem: @unchecked Sendable {
         directory.all.forEach { $0.queue.close() }
         release()
         _ = requests.waitUntilIdle(seconds: 10)
+        ring?.stop(waitSeconds: 5)
         if let loopThread { pthread_join(loopThread, nil) }
         loopThread = nil
         // Already detached above; destroy closes the device.

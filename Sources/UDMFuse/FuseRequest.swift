@@ -32,7 +32,9 @@ final class FuseRequest: BioCompletion, @unchecked Sendable {
     private unowned let pool: RequestPool
     private let bio = Bio()
     var buffer: UnsafeMutableRawPointer?
+    /// The pool's buffer class; -1 without a buffer, `borrowedBuffer` with a lent one.
     var bufferClass = -1
+    static let borrowedBuffer = -2
     /// Links a request on its pool's free list or its disk's queue.
     var next: FuseRequest?
     private var handle: fuse_req_t?
@@ -77,7 +79,13 @@ final class FuseRequest: BioCompletion, @unchecked Sendable {
         bio.sectors = step.sectors
         bio.buffer = step.bufferOffset >= 0 ? buffer! + step.bufferOffset : nil
         bio.completion = self
-        bio.submit(to: disk!.device)
+        // On a ring thread, a request with a small buffer lets the ring carry its transfers
+        // (see RingQueue); others, and requests on libfuse's workers, transfer synchronously.
+        if bufferClass <= 0, let ring = RingQueue.ofThisThread {
+            AsyncTransfer.with(ring) { bio.submit(to: disk!.device) }
+        } else {
+            bio.submit(to: disk!.device)
+        }
     }
 
     func bioCompleted(_ bio: Bio) {

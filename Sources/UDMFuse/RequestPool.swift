@@ -75,6 +75,15 @@ final class RequestPool: @unchecked Sendable {
         }
     }
 
+    /// A request whose data buffer is `buffer`, which the caller lends for as long as the
+    /// request lives (a FUSE ring entry's payload): nothing of the pool's buffers is taken.
+    func take(borrowing buffer: UnsafeMutableRawPointer) -> FuseRequest {
+        let request = take(bytes: 0)
+        request.buffer = buffer
+        request.bufferClass = FuseRequest.borrowedBuffer
+        return request
+    }
+
     /// With `lock` held: the smallest free buffer of at least `bytes`.
     private func takeBuffer(_ bytes: Int) -> (UnsafeMutableRawPointer?, Int)? {
         if bytes == 0 { return (nil, -1) }
@@ -88,7 +97,7 @@ final class RequestPool: @unchecked Sendable {
 
     func give(_ request: FuseRequest) {
         lock.withLock {
-            if let buffer = request.buffer {
+            if let buffer = request.buffer, request.bufferClass >= 0 {
                 let index = request.bufferClass
                 freeBuffers[index].append(Int32((buffer - regions[index]) / Self.classBytes[index]))
             }

@@ -4,8 +4,10 @@ import Foundation
 import Glibc
 import UDMBackends
 import UDMControl
+import UDMFuse
 
 extension ImageFile.DirectIO: ExpressibleByArgument {}
+extension FuseTransport: ExpressibleByArgument {}
 
 struct DaemonCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -29,6 +31,8 @@ struct DaemonCommand: ParsableCommand {
     @Flag(help: "Let users other than root open the disk files (FUSE allow_other).") var allowOther = false
     @Option(help: "Directory for the block device nodes of disks created through dmsetup.")
     var mapperDir = DaemonConfig.defaultMapperDirectory
+    @Option(help: "How FUSE requests arrive: auto (io_uring where the kernel allows it, else legacy), uring (fail if it cannot), legacy (/dev/fuse).")
+    var transport = DaemonConfig.defaultTransport
 
     func validate() throws {
         guard biosetSize >= 1 else { throw ValidationError("--bioset-size must be at least 1") }
@@ -38,7 +42,8 @@ struct DaemonCommand: ParsableCommand {
     private var config: DaemonConfig {
         var config = DaemonConfig(mountPoint: absolute(mount), stateDirectory: absolute(stateDir),
                                   socketPath: absolute(socket ?? ProcessInfo.processInfo.environment["UDM_SOCKET"] ?? DaemonConfig.defaultSocket),
-                                  bioSetSize: biosetSize, directIO: directIO, allowOther: allowOther, queueDepth: queueDepth)
+                                  bioSetSize: biosetSize, directIO: directIO, allowOther: allowOther, queueDepth: queueDepth,
+                                  transport: transport)
         config.mapperDirectory = absolute(mapperDir)
         return config
     }
@@ -87,7 +92,8 @@ struct DaemonCommand: ParsableCommand {
         var arguments = [executable, "daemon", "--foreground", "--mount", config.mountPoint,
                          "--state-dir", config.stateDirectory, "--socket", config.socketPath,
                          "--bioset-size", String(config.bioSetSize), "--direct-io", config.directIO.rawValue,
-                         "--queue-depth", String(config.queueDepth), "--mapper-dir", config.mapperDirectory]
+                         "--queue-depth", String(config.queueDepth), "--transport", config.transport.rawValue,
+                         "--mapper-dir", config.mapperDirectory]
         if config.allowOther { arguments.append("--allow-other") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

@@ -137,7 +137,9 @@ start_daemon() {
     pid_alive "$DAEMON_PID" && fail "start_daemon: a daemon (pid $DAEMON_PID) is already running"
     is_mounted "$MNT" || mkdir -p "$MNT"    # (a stale mount after kill -9 can't be stat'ed)
     echo "=== udm daemon --foreground $* ($(date +%T.%N))" >>"$DAEMON_LOG"
-    "$UDM_BIN" daemon --foreground --mount "$MNT" --state-dir "$STATE" --socket "$SOCK" "$@" \
+    # UDM_TRANSPORT (tools/test --transport): the FUSE transport every test's daemon uses.
+    "$UDM_BIN" daemon --foreground --mount "$MNT" --state-dir "$STATE" --socket "$SOCK" \
+        ${UDM_TRANSPORT:+--transport "$UDM_TRANSPORT"} "$@" \
         </dev/null >>"$DAEMON_LOG" 2>&1 &
     DAEMON_PID=$!
     DAEMON_PIDS+=("$DAEMON_PID")

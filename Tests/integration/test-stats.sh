@@ -95,6 +95,13 @@ udm info s --json | python3 -c '
 import json, sys
 (d,) = json.load(sys.stdin)["disks"]
 assert (d["name"], d["state"], d["liveTable"], d["inactiveTable"], d["targets"], d["sectors"]) == ("s", "ACTIVE", True, False, 2, 8192), d
-assert sorted(d) == ["biosetSize", "file", "inactiveTable", "liveTable", "name", "openCount", "queueDepth", "requestsActive", "requestsWaiting", "sectors", "state", "targets"], d' ||
+assert sorted(d) == ["biosetSize", "file", "inactiveTable", "liveTable", "name", "openCount", "queueDepth", "requestsActive", "requestsWaiting", "sectors", "state", "targets", "transport"], d
+assert d["transport"] == sys.argv[1], d' "${UDM_TRANSPORT:-legacy}" ||
     fail "udm info --json: $(udm info s --json)"
+udm stats s --json | python3 -c '
+import json, sys
+(d,) = json.load(sys.stdin)["disks"]
+assert d["transport"] == sys.argv[1], d' "${UDM_TRANSPORT:-legacy}" ||
+    fail "udm stats --json names the transport: $(udm stats s --json)"
+udm info s | grep -qx "Transport: *${UDM_TRANSPORT:-legacy}" || fail "udm info names the transport: $(udm info s)"
 stop_daemon
