@@ -15,10 +15,12 @@ let package = Package(
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3"),
         // The few Linux declarations Glibc's Swift module hides (they need _GNU_SOURCE).
         .systemLibrary(name: "CLinux"),
+        // libnbd's client API (NBD devices in tables); nothing else.
+        .systemLibrary(name: "CNbd", pkgConfig: "libnbd"),
         .target(name: "UDMCore"),
         .target(name: "UDMExceptionStore", dependencies: ["UDMCore"]),
         .target(name: "UDMTargets", dependencies: ["UDMCore", "UDMExceptionStore"]),
-        .target(name: "UDMBackends", dependencies: ["UDMCore", "CLinux"]),
+        .target(name: "UDMBackends", dependencies: ["UDMCore", "CLinux", "CNbd"]),
         .target(name: "UDMFuse", dependencies: ["UDMCore", "CFuse3", "CLinux"]),
         .target(name: "UDMControl", dependencies: [
             "UDMCore", "UDMTargets", "UDMBackends", "UDMFuse", "CLinux",

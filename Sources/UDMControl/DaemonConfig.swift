@@ -11,6 +11,8 @@ public struct DaemonConfig: Sendable {
     public static let defaultBioSetSize = 256
     /// FUSE requests each disk has in flight at most (more wait in the daemon, in order).
     public static let defaultQueueDepth = 128
+    /// Seconds an NBD device holds I/O while it reconnects (and waits for a connect).
+    public static let defaultNbdTimeout = 30.0
 
     public var mountPoint: String
     public var stateDirectory: String
@@ -19,6 +21,7 @@ public struct DaemonConfig: Sendable {
     public var directIO: ImageFile.DirectIO
     public var allowOther: Bool
     public var queueDepth: Int
+    public var nbdTimeout = defaultNbdTimeout
 
     public init(mountPoint: String = defaultMountPoint, stateDirectory: String = defaultStateDirectory,
                 socketPath: String = defaultSocket, bioSetSize: Int = defaultBioSetSize,

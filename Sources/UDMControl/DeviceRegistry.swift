@@ -136,6 +136,7 @@ public final class DeviceRegistry: @unchecked Sendable {
     func build(_ text: String, source: String?, for name: String) throws -> Built {
         let resolver = TableResolver(owner: name, mountPoint: config.mountPoint,
                                      mountDevice: FileIdentity.mountDevice(config.mountPoint), directIO: config.directIO,
+                                     nbdTimeout: config.nbdTimeout,
                                      lookup: { [records] in records[$0]?.device },
                                      dependsOn: { [unowned self] in self.dependsOn($0, $1) })
         let parsed = Result { () throws(TableError) -> [TableLine] in try TableLine.parse(text) }
