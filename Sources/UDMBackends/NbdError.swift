@@ -6,8 +6,14 @@ public struct NbdError: Error, CustomStringConvertible, Sendable {
 
     public init(_ uri: String, _ cause: String) {
         self.uri = uri
-        // libnbd's messages name the call first and may span lines; keep one line.
-        self.cause = cause.split(whereSeparator: \.isNewline).joined(separator: " ")
+        // libnbd's messages may span lines and start with the API call's name
+        // (`nbd_aio_connect_uri: `), which says nothing to a user: one line, without it.
+        var line = cause.split(whereSeparator: \.isNewline).joined(separator: " ")
+        let call = line.prefix { $0 != " " }
+        if call.hasPrefix("nbd_") && call.hasSuffix(":") {
+            line = String(line.dropFirst(call.count + 1))
+        }
+        self.cause = line
     }
 
     public var description: String { "\(uri): \(cause)" }
