@@ -357,6 +357,17 @@ start_nbdkit() {
     fail "nbdkit $name did not start listening on $endpoint"
 }
 
+# start_qemu_nbd NAME SOCKET IMAGE: qemu-nbd serving the raw IMAGE on the Unix SOCKET, for up to
+# 8 clients at once; returns once it listens. Stopped on exit like the nbdkit servers.
+start_qemu_nbd() {
+    local name=$1 socket=$2 image=$3
+    command -v qemu-nbd >/dev/null || fail "qemu-nbd is not installed (qemu-utils)"
+    rm -f "$socket" "$TESTDIR/nbd.$name.pid"
+    qemu-nbd --fork --persistent --shared=8 --format=raw --cache=none --socket="$socket" \
+        --pid-file="$TESTDIR/nbd.$name.pid" "$image" </dev/null >>"$TESTDIR/nbd.$name.log" 2>&1 ||
+        fail "qemu-nbd $name did not start: $(tail -n 3 "$TESTDIR/nbd.$name.log")"
+}
+
 # nbd_pid NAME: the pid of server NAME.
 nbd_pid() {
     cat "$TESTDIR/nbd.$1.pid"
