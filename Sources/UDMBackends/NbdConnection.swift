@@ -127,7 +127,10 @@ final class NbdConnection: @unchecked Sendable {
                 continue
             }
             startQueued(on: handle)
-            finishAnswered(on: handle)
+            if !finishAnswered(on: handle) {
+                connectionLost("the server is shutting down")
+                continue
+            }
             if handle.isDead {
                 connectionLost(NbdHandle.lastError())
                 continue
@@ -176,12 +179,19 @@ final class NbdConnection: @unchecked Sendable {
     }
 
     /// Ends or advances the commands answered since the last call. Not while the handle is
-    /// dead: its commands were answered with ENOTCONN, and are held instead.
-    private func finishAnswered(on handle: NbdHandle) {
+    /// dead: its commands were answered with ENOTCONN, and are held instead. A command the
+    /// server refused because it is shutting down (nbdkit on SIGTERM) is held too; returns
+    /// false if there was one, for the caller to drop this connection and make a new one.
+    private func finishAnswered(on handle: NbdHandle) -> Bool {
+        var serving = true
         while let command = answered, !handle.isDead {
             answered = command.next
             command.next = nil
             let bio = command.bio!
+            if command.error == ESHUTDOWN {
+                serving = false
+                continue
+            }
             if command.error == 0 {
                 if command.phase == .preflush {
                     command.phase = .data
@@ -197,6 +207,7 @@ final class NbdConnection: @unchecked Sendable {
             }
             end(command, command.error == 0 ? .ok : BioStatus(errno: command.error))
         }
+        return serving
     }
 
     private func end(_ command: NbdCommand, _ status: BioStatus) {

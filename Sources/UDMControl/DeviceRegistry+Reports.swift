@@ -1,4 +1,5 @@
 import Foundation
+import UDMBackends
 import UDMCore
 
 /// What `udm ls`, `table`, `status`, `info`, `stats`, `snapshot list` and `targets` report, as
@@ -40,6 +41,31 @@ public enum Reports {
         public var requestsActive: Int
         public var requestsWaiting: Int
         public var file: String
+        /// The NBD exports the live table uses; absent when it uses none.
+        public var nbd: [NbdLinkState]?
+    }
+
+    /// How a disk's connections to one NBD export are doing.
+    public struct NbdLinkState: Codable, Sendable {
+        public var uri: String
+        /// up, reconnecting (I/O held) or down (I/O fails until a reconnect succeeds).
+        public var state: String
+        public var connections: Int
+        public var reconnects: Int
+        /// Bios out at the server or held.
+        public var inFlight: Int
+        /// Why the last connection dropped or attempt failed, if one has.
+        public var lastError: String?
+
+        init(_ device: NbdDevice) {
+            let link = device.link
+            uri = device.name
+            state = link.state.rawValue
+            connections = link.connections
+            reconnects = link.reconnects
+            inFlight = link.inFlight
+            lastError = link.lastError.isEmpty ? nil : link.lastError
+        }
     }
 
     /// One operation group's counters (dmstats / diskstats).
@@ -133,7 +159,7 @@ public enum Reports {
     static func text(_ infos: [Info]) -> String {
         infos.map { info in
             let tables = [info.liveTable ? "LIVE" : nil, info.inactiveTable ? "INACTIVE" : nil].compactMap { $0 }
-            return [
+            return ([
                 "Name:              \(info.name)",
                 "State:             \(info.state)",
                 "Tables present:    \(tables.isEmpty ? "None" : tables.joined(separator: " & "))",
@@ -143,7 +169,11 @@ public enum Reports {
                 "Bioset size:       \(info.biosetSize)",
                 "Queue depth:       \(info.queueDepth) (\(info.requestsActive) in flight, \(info.requestsWaiting) waiting)",
                 "File:              \(info.file)",
-            ].joined(separator: "\n")
+            ] + (info.nbd ?? []).map { link in
+                "NBD link:          \(link.uri) \(link.state) (\(link.connections) connection\(link.connections == 1 ? "" : "s"), "
+                    + "\(link.reconnects) reconnect\(link.reconnects == 1 ? "" : "s"), \(link.inFlight) in flight)"
+                    + (link.lastError.map { "; last error: \($0)" } ?? "")
+            }).joined(separator: "\n")
         }.joined(separator: "\n\n")
     }
 
@@ -201,7 +231,8 @@ extension DeviceRegistry {
                                     openCount: fuse.openCount(name: disk), targets: live?.entries.count ?? 0,
                                     sectors: device.sectors, biosetSize: live?.bioSet.capacity ?? config.bioSetSize,
                                     queueDepth: fuse.queueDepth, requestsActive: requests.active,
-                                    requestsWaiting: requests.waiting, file: fuse.path(of: disk))
+                                    requestsWaiting: requests.waiting, file: fuse.path(of: disk),
+                                    nbd: records[disk]!.liveNbd.isEmpty ? nil : records[disk]!.liveNbd.map(Reports.NbdLinkState.init))
             }
         }
     }

@@ -25,6 +25,9 @@ public final class DeviceRegistry: @unchecked Sendable {
         var inactiveDisks: Set<String> = []
         var liveFiles: Set<FileIdentity> = []
         var inactiveFiles: Set<FileIdentity> = []
+        /// The NBD exports each table connected to, for the link state in `info`.
+        var liveNbd: [NbdDevice] = []
+        var inactiveNbd: [NbdDevice] = []
         var stacksOn: Set<String> { liveDisks.union(inactiveDisks) }
         var files: Set<FileIdentity> { liveFiles.union(inactiveFiles) }
     }
@@ -34,6 +37,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         let table: Table
         let disks: Set<String>
         let files: Set<FileIdentity>
+        var nbd: [NbdDevice] = []
     }
 
     let config: DaemonConfig
@@ -149,7 +153,7 @@ public final class DeviceRegistry: @unchecked Sendable {
             }
         }
         switch result {
-        case .success(let table): return Built(table: table, disks: resolver.disks, files: resolver.files)
+        case .success(let table): return Built(table: table, disks: resolver.disks, files: resolver.files, nbd: resolver.nbd)
         case .failure(let error): throw ControlError(source.map { "\($0): \(error)" } ?? "\(error)")
         }
     }
@@ -161,7 +165,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         let device = MappedDevice(name: name)
         device.load(built.table)
         try device.resume()
-        records[name] = Record(device: device, live: text, liveDisks: built.disks, liveFiles: built.files)
+        records[name] = Record(device: device, live: text, liveDisks: built.disks, liveFiles: built.files, liveNbd: built.nbd)
         order.append(name)
         fuse.add(name: name, device: device)
         staleEntries.append(name)
@@ -175,6 +179,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         record.inactive = text
         record.inactiveDisks = built.disks
         record.inactiveFiles = built.files
+        record.inactiveNbd = built.nbd
         records[name] = record
     }
 
@@ -185,6 +190,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         record.inactive = nil
         record.inactiveDisks = []
         record.inactiveFiles = []
+        record.inactiveNbd = []
         records[name] = record
     }
 
@@ -194,9 +200,11 @@ public final class DeviceRegistry: @unchecked Sendable {
         record.live = inactive
         record.liveDisks = record.inactiveDisks
         record.liveFiles = record.inactiveFiles
+        record.liveNbd = record.inactiveNbd
         record.inactive = nil
         record.inactiveDisks = []
         record.inactiveFiles = []
+        record.inactiveNbd = []
         records[name] = record
     }
 

@@ -20,6 +20,8 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
     private(set) var disks: Set<String> = []
     /// Files and devices this table opened.
     private(set) var files: Set<FileIdentity> = []
+    /// NBD exports this table connected to.
+    private(set) var nbd: [NbdDevice] = []
 
     /// `dependsOn(a, b)` tells whether disk a's tables reach disk b.
     init(owner: String, mountPoint: String, mountDevice: UInt64?, directIO: ImageFile.DirectIO,
@@ -50,7 +52,9 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
             device = mapped
         } else if let uri = NbdURI(name) {
             do {
-                device = try NbdDevice(uri: uri, timeout: nbdTimeout)
+                let nbdDevice = try NbdDevice(uri: uri, timeout: nbdTimeout)
+                nbd.append(nbdDevice)
+                device = nbdDevice
             } catch {
                 throw ControlError(error.cause)
             }

@@ -145,6 +145,38 @@ final class NbdDeviceTests: XCTestCase {
         XCTAssertEqual(written.subdata(in: 65536..<131072), Data(bytes: data, count: 65536), "on the server's file")
     }
 
+    /// nbdkit asked to stop (SIGTERM) answers commands with ESHUTDOWN and waits for its
+    /// clients to go: the write is held, the connection dropped, and the write lands on the
+    /// next server.
+    func testAServerShuttingDownIsLeftAndItsIOHeld() throws {
+        let file = directory + "/export.img"
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data(count: 4 << 20)))
+        let uri = try serve(["file", file])
+        let device = try NbdDevice(uri: uri, timeout: 60, connections: 1)
+        let data = pattern(65536, seed: 8)
+        defer { data.deallocate() }
+        servers[0].signal(SIGTERM)
+        let write = Bio(op: .write, sector: 256, sectors: 128, buffer: data)
+        let done = Completion()
+        startThread {
+            BioWaiter().run(write, on: device)
+            done.signal()
+        }
+        var polls = 0
+        while device.link.state == .up && polls < 3000 {
+            usleep(10_000)
+            polls += 1
+        }
+        XCTAssertNotEqual(device.link.state, .up, "left the server that is shutting down")
+        servers[0].stop()
+        _ = try serve(["file", file])
+        done.wait()
+        XCTAssertEqual(write.status, .ok)
+        XCTAssertEqual(device.link.reconnects, 1)
+        let written = try Data(contentsOf: URL(fileURLWithPath: file))
+        XCTAssertEqual(written.subdata(in: 131072..<196608), Data(bytes: data, count: 65536), "on the server's file")
+    }
+
     /// No server comes back: held I/O ends with EIO after the timeout, later I/O fails at once.
     func testIOFailsWithEIOAfterTheTimeout() throws {
         let uri = try serve(["memory", "8M"])
