@@ -53,7 +53,11 @@ public final class NbdDevice: BlockDevice, @unchecked Sendable {
         connections = handles.map { NbdConnection(handle: $0, uri: uri.text, timeout: nanoseconds, sectors: sectors) }
     }
 
-    deinit {
+    deinit { close() }
+
+    /// Disconnects now, not when the last reference goes (a removed disk's table may outlive
+    /// it while the kernel still knows its file); bios submitted later fail with EIO.
+    public func close() {
         for connection in connections { connection.stop() }
     }
 

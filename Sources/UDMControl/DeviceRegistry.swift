@@ -212,6 +212,7 @@ public final class DeviceRegistry: @unchecked Sendable {
     /// the caller fails once the lock is released.
     func dropDisk(_ name: String) -> MappedDevice? {
         guard let record = records.removeValue(forKey: name) else { return nil }
+        for nbd in record.liveNbd + record.inactiveNbd { nbd.close() }
         order.removeAll { $0 == name }
         fuse.remove(name: name)
         staleEntries.append(name)

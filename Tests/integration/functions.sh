@@ -373,6 +373,23 @@ nbd_pid() {
     cat "$TESTDIR/nbd.$1.pid"
 }
 
+# nbd_connections NAME: how many client connections server NAME has open now.
+nbd_connections() {
+    local sockets
+    sockets=$(find "/proc/$(nbd_pid "$1")/fd" -lname 'socket:*' 2>/dev/null | wc -l)
+    echo $((sockets - 1))    # its listening socket
+}
+
+# expect_no_nbd_clients NAME: server NAME's client connections all close (within 10 s).
+expect_no_nbd_clients() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ $(nbd_connections "$1") == 0 ]] && return 0
+        sleep 0.1
+    done
+    fail "nbdkit $1 still has $(nbd_connections "$1") client connection(s)"
+}
+
 # stop_nbdkit NAME: kill server NAME (SIGKILL: it gets no chance to say goodbye) and wait for it.
 stop_nbdkit() {
     local pid

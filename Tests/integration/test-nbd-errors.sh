@@ -18,11 +18,7 @@ LIVE=$(disk_file live)
 make_pattern "$WORK/p" $((4 * 1024 * 1024)) 3
 write_at "$WORK/p" 0 "$LIVE" 0 $((4 * 1024 * 1024)) direct
 
-# connections NAME: how many sockets server NAME has open (its listening socket included).
-connections() {
-    find "/proc/$(nbd_pid "$1")/fd" -lname 'socket:*' 2>/dev/null | wc -l
-}
-BEFORE=$(connections named)
+BEFORE=$(nbd_connections named)
 
 # refused DESCRIPTION URI SECTORS EXPECTED: create and load are refused with one line holding
 # the URI and EXPECTED; nothing changes.
@@ -54,9 +50,10 @@ log "the live disk still reads what was written; the server has no connection le
 read_at "$LIVE" 0 $((4 * 1024 * 1024)) direct >"$WORK/back"
 expect_same "$WORK/back" 0 "$WORK/p" 0 $((4 * 1024 * 1024)) "live disk"
 for ((i = 0; i < 50; i++)); do
-    [[ $(connections named) == "$BEFORE" ]] && break
+    [[ $(nbd_connections named) == "$BEFORE" ]] && break
     sleep 0.1
 done
-[[ $(connections named) == "$BEFORE" ]] || fail "the server has $(connections named) sockets open, $BEFORE before the refused tables"
+[[ $(nbd_connections named) == "$BEFORE" ]] || fail "the server has $(nbd_connections named) connections, $BEFORE before the refused tables"
 udm_ok remove live
+expect_no_nbd_clients named
 stop_daemon

@@ -62,4 +62,5 @@ mount -o ro "$LOOP" "$FSDIR" || fail "mount $LOOP after restart failed"
 umount "$FSDIR"
 detach_loop "$LOOP"
 udm_ok remove n
+expect_no_nbd_clients file
 stop_daemon
