@@ -156,6 +156,14 @@ final class NbdDeviceTests: XCTestCase {
         let data = pattern(65536, seed: 8)
         defer { data.deallocate() }
         servers[0].signal(SIGTERM)
+        // Once it refuses new connections (or leaves them unanswered) it has taken the
+        // signal: the write comes after.
+        var refusing = false
+        for _ in 0..<3000 where !refusing {
+            refusing = (try? NbdDevice(uri: uri, timeout: 2, connections: 1)) == nil
+            if !refusing { usleep(10_000) }
+        }
+        XCTAssertTrue(refusing, "nbdkit took SIGTERM")
         let write = Bio(op: .write, sector: 256, sectors: 128, buffer: data)
         let done = Completion()
         startThread {
