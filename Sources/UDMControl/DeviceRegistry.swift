@@ -190,6 +190,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         record.inactive = nil
         record.inactiveDisks = []
         record.inactiveFiles = []
+        for nbd in record.inactiveNbd { nbd.close() }
         record.inactiveNbd = []
         records[name] = record
     }
@@ -200,6 +201,8 @@ public final class DeviceRegistry: @unchecked Sendable {
         record.live = inactive
         record.liveDisks = record.inactiveDisks
         record.liveFiles = record.inactiveFiles
+        // The old table gets no more I/O; its NBD connections go now, not when it is freed.
+        for nbd in record.liveNbd { nbd.close() }
         record.liveNbd = record.inactiveNbd
         record.inactive = nil
         record.inactiveDisks = []
