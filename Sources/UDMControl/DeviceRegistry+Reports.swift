@@ -24,6 +24,9 @@ public enum Reports {
     public struct Lines: Codable, Sendable {
         public var name: String
         public var lines: [Line]
+        /// `status` only: the NBD exports the live table uses (absent when none; the text
+        /// output keeps dmsetup's format and leaves them out: `info` prints them).
+        public var nbd: [NbdLinkState]? = nil
     }
 
     public struct Info: Codable, Sendable {
@@ -213,9 +216,10 @@ extension DeviceRegistry {
         try locked {
             try selected(name).map { disk in
                 let entries = records[disk]?.device.live?.entries ?? []
+                let nbd = kind == .info ? records[disk]?.liveNbd ?? [] : []
                 return Reports.Lines(name: disk, lines: entries.map {
                     Reports.Line(start: $0.begin, length: $0.length, target: type(of: $0.target).name, params: $0.target.status(kind))
-                })
+                }, nbd: nbd.isEmpty ? nil : nbd.map(Reports.NbdLinkState.init))
             }
         }
     }

@@ -22,6 +22,9 @@ udm_ok create single --table "0 $SECTORS linear nbd+unix:///?socket=$SINGLE 0"
 udm info multi | grep -q "^NBD link: .* up (4 connections, 0 reconnects" || fail "multi: $(udm info multi | grep '^NBD link:')"
 udm info single | grep -q "^NBD link: .* up (1 connection, 0 reconnects" || fail "single: $(udm info single | grep '^NBD link:')"
 udm info --json single | grep -q '"nbd":\[{"connections":1,' || fail "single, JSON: $(udm info --json single)"
+udm status --json single | grep -q '"nbd":\[{"connections":1,"inFlight":0,"reconnects":0,"state":"up"' ||
+    fail "single, status JSON: $(udm status --json single)"
+udm table --json single | grep -q '"nbd"' && fail "table --json reports links: $(udm table --json single)"
 for disk in multi single; do
     make_pattern "$WORK/p" $((8 * MiB)) 6
     write_at "$WORK/p" 0 "$(disk_file $disk)" $MiB $((8 * MiB)) direct
