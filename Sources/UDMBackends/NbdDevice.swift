@@ -18,9 +18,7 @@ public final class NbdDevice: BlockDevice, @unchecked Sendable {
     /// The URI exactly as the table gave it.
     public let name: String
     public let sectors: UInt64
-    /// What the server said at open: block sizes in bytes, and whether it takes FUA.
-    public let minimumBlock: Int
-    public let preferredBlock: Int
+    /// What the server said at open: its maximum request in bytes, and multi-conn.
     public let maximumBlock: Int
     public let canMultiConn: Bool
     private let connections: [NbdConnection]
@@ -39,8 +37,6 @@ public final class NbdDevice: BlockDevice, @unchecked Sendable {
         }
         name = uri.text
         sectors = first.bytes >> sectorShift
-        minimumBlock = first.minimumBlock
-        preferredBlock = first.preferredBlock
         maximumBlock = first.maximumBlock
         canMultiConn = first.canMultiConn
         var handles = [first]

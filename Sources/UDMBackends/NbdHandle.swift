@@ -13,9 +13,9 @@ final class NbdHandle: @unchecked Sendable {
     let canTrim: Bool
     let canZero: Bool
     let canMultiConn: Bool
-    /// Block-size constraints in bytes (1, 4096 and 32 MiB where the server does not say).
+    /// Block-size constraints in bytes (1 and 32 MiB where the server does not say); the
+    /// preferred size is not used: udm sends what its bios are.
     let minimumBlock: Int
-    let preferredBlock: Int
     let maximumBlock: Int
 
     /// Connects to `uri` and negotiates, giving up at `deadline` (monotonic nanoseconds).
@@ -50,10 +50,8 @@ final class NbdHandle: @unchecked Sendable {
             canZero = nbd_can_zero(raw) == 1
             canMultiConn = nbd_can_multi_conn(raw) == 1
             let minimum = nbd_get_block_size(raw, Int32(LIBNBD_SIZE_MINIMUM))
-            let preferred = nbd_get_block_size(raw, Int32(LIBNBD_SIZE_PREFERRED))
             let maximum = nbd_get_block_size(raw, Int32(LIBNBD_SIZE_MAXIMUM))
             minimumBlock = minimum > 0 ? Int(minimum) : 1
-            preferredBlock = preferred > 0 ? Int(preferred) : 4096
             maximumBlock = maximum > 0 ? Int(maximum) : 32 << 20
         } catch {
             nbd_close(raw)
