@@ -290,17 +290,10 @@ final class NbdConnection: @unchecked Sendable {
         return error != 0 ? error : EIO
     }
 
-    /// The connection dropped or stalled: close it, hold every command for a new one.
+    /// The connection dropped or stalled: drop the handle (closed once the poll loop lets go
+    /// of it); `reconnect` holds its commands for a new one.
     private func connectionLost(_ cause: String) {
         handle = nil
-        answered = nil
-        for command in commands where command.bio != nil {
-            command.next = nil
-            command.partsPending = 0
-            command.error = 0
-            // A write's FUA stands in for a flush that may not have reached the server.
-            if command.phase == .postflush { command.phase = .data }
-        }
         lock.withLock {
             state = .reconnecting
             lastError = cause
@@ -310,6 +303,16 @@ final class NbdConnection: @unchecked Sendable {
     /// Tries to connect again with backoff; re-issues the held commands on success. Gives up
     /// holding after the timeout (fails them with EIO), then keeps trying once a second.
     private func reconnect() {
+        // The old handle is closed by now, and libnbd may have answered its commands (with
+        // errors) as it went: forget those answers, every command in use is held afresh.
+        answered = nil
+        for command in commands where command.bio != nil {
+            command.next = nil
+            command.partsPending = 0
+            command.error = 0
+            // A write's FUA stands in for a flush that may not have reached the server.
+            if command.phase == .postflush { command.phase = .data }
+        }
         let deadline = monotonicNanoseconds() + timeout
         var delay: UInt64 = 50_000_000
         while !isStopping {

@@ -119,7 +119,7 @@ final class NbdDeviceTests: XCTestCase {
         let file = directory + "/export.img"
         XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data(count: 4 << 20)))
         let uri = try serve(["file", file])
-        let device = try NbdDevice(uri: uri, timeout: 60)
+        let device = try NbdDevice(uri: uri, timeout: 60, connections: 1)
         let data = pattern(65536, seed: 5)
         defer { data.deallocate() }
         servers[0].signal(SIGSTOP)
