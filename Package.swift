@@ -17,10 +17,12 @@ let package = Package(
         .systemLibrary(name: "CLinux"),
         // liburing, and the FUSE-over-io_uring protocol declarations Debian 12's headers lack.
         .systemLibrary(name: "CUring"),
+        // libnbd's client API (NBD devices in tables); nothing else.
+        .systemLibrary(name: "CNbd", pkgConfig: "libnbd"),
         .target(name: "UDMCore"),
         .target(name: "UDMExceptionStore", dependencies: ["UDMCore"]),
         .target(name: "UDMTargets", dependencies: ["UDMCore", "UDMExceptionStore"]),
-        .target(name: "UDMBackends", dependencies: ["UDMCore", "CLinux"]),
+        .target(name: "UDMBackends", dependencies: ["UDMCore", "CLinux", "CNbd"]),
         .target(name: "UDMFuse", dependencies: ["UDMCore", "CFuse3", "CLinux", "CUring"]),
         .target(name: "UDMControl", dependencies: [
             "UDMCore", "UDMTargets", "UDMBackends", "UDMFuse", "CLinux",

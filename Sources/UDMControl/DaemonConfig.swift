@@ -16,6 +16,8 @@ public struct DaemonConfig: Sendable {
     public static let defaultQueueDepth = 128
     /// How FUSE requests reach the daemon (`FuseTransport`).
     public static let defaultTransport = FuseTransport.auto
+    /// Seconds an NBD device holds I/O while it reconnects (and waits for a connect).
+    public static let defaultNbdTimeout = 30.0
 
     public var mountPoint: String
     public var stateDirectory: String
@@ -26,6 +28,7 @@ public struct DaemonConfig: Sendable {
     public var queueDepth: Int
     public var mapperDirectory: String = defaultMapperDirectory
     public var transport: FuseTransport
+    public var nbdTimeout = defaultNbdTimeout
 
     public init(mountPoint: String = defaultMountPoint, stateDirectory: String = defaultStateDirectory,
                 socketPath: String = defaultSocket, bioSetSize: Int = defaultBioSetSize,

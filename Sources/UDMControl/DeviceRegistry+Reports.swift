@@ -1,4 +1,5 @@
 import Foundation
+import UDMBackends
 import UDMCore
 
 /// What `udm ls`, `table`, `status`, `info`, `stats`, `snapshot list` and `targets` report, as
@@ -23,6 +24,9 @@ public enum Reports {
     public struct Lines: Codable, Sendable {
         public var name: String
         public var lines: [Line]
+        /// `status` only: the NBD exports the live table uses (absent when none; the text
+        /// output keeps dmsetup's format and leaves them out: `info` prints them).
+        public var nbd: [NbdLinkState]? = nil
     }
 
     public struct Info: Codable, Sendable {
@@ -49,6 +53,31 @@ public enum Reports {
         public var readAhead: Int? = nil
         /// How FUSE requests reach the daemon: "uring" or "legacy".
         public var transport: String
+        /// The NBD exports the live table uses; absent when it uses none.
+        public var nbd: [NbdLinkState]?
+    }
+
+    /// How a disk's connections to one NBD export are doing.
+    public struct NbdLinkState: Codable, Sendable {
+        public var uri: String
+        /// up, reconnecting (I/O held) or down (I/O fails until a reconnect succeeds).
+        public var state: String
+        public var connections: Int
+        public var reconnects: Int
+        /// Bios out at the server or held.
+        public var inFlight: Int
+        /// Why the last connection dropped or attempt failed, if one has.
+        public var lastError: String?
+
+        init(_ device: NbdDevice) {
+            let link = device.link
+            uri = device.name
+            state = link.state.rawValue
+            connections = link.connections
+            reconnects = link.reconnects
+            inFlight = link.inFlight
+            lastError = link.lastError.isEmpty ? nil : link.lastError
+        }
     }
 
     /// One operation group's counters (dmstats / diskstats).
@@ -144,7 +173,7 @@ public enum Reports {
     static func text(_ infos: [Info]) -> String {
         infos.map { info in
             let tables = [info.liveTable ? "LIVE" : nil, info.inactiveTable ? "INACTIVE" : nil].compactMap { $0 }
-            return [
+            return ([
                 "Name:              \(info.name)",
                 "State:             \(info.state)",
                 "Tables present:    \(tables.isEmpty ? "None" : tables.joined(separator: " & "))",
@@ -155,7 +184,11 @@ public enum Reports {
                 "Queue depth:       \(info.queueDepth) (\(info.requestsActive) in flight, \(info.requestsWaiting) waiting)",
                 "File:              \(info.file)",
                 "Transport:         \(info.transport)",
-            ].joined(separator: "\n") + (info.blockDevice.map { device in
+            ] + (info.nbd ?? []).map { link in
+                "NBD link:          \(link.uri) \(link.state) (\(link.connections) connection\(link.connections == 1 ? "" : "s"), "
+                    + "\(link.reconnects) reconnect\(link.reconnects == 1 ? "" : "s"), \(link.inFlight) in flight)"
+                    + (link.lastError.map { "; last error: \($0)" } ?? "")
+            }).joined(separator: "\n") + (info.blockDevice.map { device in
                 "\nBlock device:      \(device) (\(info.major ?? 0):\(info.minor ?? 0), open count \(info.blockOpenCount ?? 0))"
             } ?? "")
         }.joined(separator: "\n\n")
@@ -197,9 +230,10 @@ extension DeviceRegistry {
         try locked {
             try selected(name).map { disk in
                 let entries = records[disk]?.device.live?.entries ?? []
+                let nbd = kind == .info ? records[disk]?.liveNbd ?? [] : []
                 return Reports.Lines(name: disk, lines: entries.map {
                     Reports.Line(start: $0.begin, length: $0.length, target: type(of: $0.target).name, params: $0.target.status(kind))
-                })
+                }, nbd: nbd.isEmpty ? nil : nbd.map(Reports.NbdLinkState.init))
             }
         }
     }
@@ -216,7 +250,8 @@ extension DeviceRegistry {
                                     sectors: device.sectors, biosetSize: live?.bioSet.capacity ?? config.bioSetSize,
                                     queueDepth: fuse.queueDepth, requestsActive: requests.active,
                                     requestsWaiting: requests.waiting, file: fuse.path(of: disk),
-                                    transport: fuse.transport.rawValue)
+                                    transport: fuse.transport.rawValue,
+                                    nbd: records[disk]!.liveNbd.isEmpty ? nil : records[disk]!.liveNbd.map(Reports.NbdLinkState.init))
             }
         }
     }

@@ -51,7 +51,9 @@ extension DeviceRegistry {
             guard records[snapshot] == nil else { throw ControlError("disk '\(snapshot)' already exists") }
             if let refusal = snapshotRefusal(of: origin) { throw ControlError(refusal) }
         }
-        guard request.cow.hasPrefix("/") else { throw ControlError("--cow must be an absolute path: \(request.cow)") }
+        guard request.cow.hasPrefix("/") || NbdURI(request.cow) != nil else {
+            throw ControlError("--cow must be an absolute path or an NBD URI: \(request.cow)")
+        }
         guard request.chunkSize & (request.chunkSize &- 1) == 0, request.chunkSize <= 1 << 21 else {
             throw ControlError("--chunk-size \(request.chunkSize): a power of two up to 2097152 sectors")
         }
@@ -128,7 +130,8 @@ extension DeviceRegistry {
     /// Creates the COW file if it does not exist (sparse, or written with zeros if asked: either
     /// way a fresh store); returns whether it did.
     private func makeCowFile(_ request: ControlRequest.SnapshotOptions, originSectors: UInt64) throws -> Bool {
-        if FileManager.default.fileExists(atPath: request.cow) { return false }
+        // An NBD export is made by its server; it is used as it is.
+        if NbdURI(request.cow) != nil || FileManager.default.fileExists(atPath: request.cow) { return false }
         let chunk = request.effectiveChunkSize
         let bytes: UInt64
         if let size = request.size {

@@ -25,6 +25,9 @@ public final class DeviceRegistry: @unchecked Sendable {
         var inactiveDisks: Set<String> = []
         var liveFiles: Set<FileIdentity> = []
         var inactiveFiles: Set<FileIdentity> = []
+        /// The NBD exports each table connected to, for the link state in `info`.
+        var liveNbd: [NbdDevice] = []
+        var inactiveNbd: [NbdDevice] = []
         var stacksOn: Set<String> { liveDisks.union(inactiveDisks) }
         var files: Set<FileIdentity> { liveFiles.union(inactiveFiles) }
     }
@@ -34,6 +37,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         let table: Table
         let disks: Set<String>
         let files: Set<FileIdentity>
+        var nbd: [NbdDevice] = []
     }
 
     let config: DaemonConfig
@@ -138,6 +142,7 @@ public final class DeviceRegistry: @unchecked Sendable {
     func build(_ text: String, source: String?, for name: String) throws -> Built {
         let resolver = TableResolver(owner: name, mountPoint: config.mountPoint,
                                      mountDevice: FileIdentity.mountDevice(config.mountPoint), directIO: config.directIO,
+                                     nbdTimeout: config.nbdTimeout,
                                      lookup: { [records] in records[$0]?.device },
                                      dependsOn: { [unowned self] in self.dependsOn($0, $1) })
         let parsed = Result { () throws(TableError) -> [TableLine] in try TableLine.parse(text) }
@@ -150,7 +155,7 @@ public final class DeviceRegistry: @unchecked Sendable {
             }
         }
         switch result {
-        case .success(let table): return Built(table: table, disks: resolver.disks, files: resolver.files)
+        case .success(let table): return Built(table: table, disks: resolver.disks, files: resolver.files, nbd: resolver.nbd)
         case .failure(let error): throw ControlError(source.map { "\($0): \(error)" } ?? "\(error)")
         }
     }
@@ -162,7 +167,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         let device = MappedDevice(name: name)
         device.load(built.table)
         try device.resume()
-        records[name] = Record(device: device, live: text, liveDisks: built.disks, liveFiles: built.files)
+        records[name] = Record(device: device, live: text, liveDisks: built.disks, liveFiles: built.files, liveNbd: built.nbd)
         order.append(name)
         fuse.add(name: name, device: device)
         staleEntries.append(name)
@@ -176,6 +181,7 @@ public final class DeviceRegistry: @unchecked Sendable {
         record.inactive = text
         record.inactiveDisks = built.disks
         record.inactiveFiles = built.files
+        record.inactiveNbd = built.nbd
         records[name] = record
     }
 
@@ -186,6 +192,8 @@ public final class DeviceRegistry: @unchecked Sendable {
         record.inactive = nil
         record.inactiveDisks = []
         record.inactiveFiles = []
+        for nbd in record.inactiveNbd { nbd.close() }
+        record.inactiveNbd = []
         records[name] = record
     }
 
@@ -195,9 +203,13 @@ public final class DeviceRegistry: @unchecked Sendable {
         record.live = inactive
         record.liveDisks = record.inactiveDisks
         record.liveFiles = record.inactiveFiles
+        // The old table gets no more I/O; its NBD connections go now, not when it is freed.
+        for nbd in record.liveNbd { nbd.close() }
+        record.liveNbd = record.inactiveNbd
         record.inactive = nil
         record.inactiveDisks = []
         record.inactiveFiles = []
+        record.inactiveNbd = []
         records[name] = record
     }
 
@@ -205,6 +217,7 @@ public final class DeviceRegistry: @unchecked Sendable {
     /// the caller fails once the lock is released.
     func dropDisk(_ name: String) -> MappedDevice? {
         guard let record = records.removeValue(forKey: name) else { return nil }
+        for nbd in record.liveNbd + record.inactiveNbd { nbd.close() }
         order.removeAll { $0 == name }
         fuse.remove(name: name)
         staleEntries.append(name)

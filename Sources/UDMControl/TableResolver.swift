@@ -2,7 +2,8 @@ import UDMBackends
 import UDMCore
 
 /// Resolves the device arguments of one table being built: an absolute path opens an image
-/// file or block device (once per table, however many lines name it); `MOUNT/NAME` stacks on
+/// file or block device (once per table, however many lines name it); an NBD URI
+/// (`nbd://`, `nbds://`, `nbd+unix://`, ...) connects to the export, once per table too; `MOUNT/NAME` stacks on
 /// another udm disk in-process, refusing a disk that depends on the one being built. A path
 /// that reaches the udm mount some other way (a symlink, `..`) is refused: through the
 /// kernel, the daemon would wait on itself. `major:minor` names a block device, and a loop
@@ -11,6 +12,7 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
     private let owner: String
     private let mountPoint: String
     private let directIO: ImageFile.DirectIO
+    private let nbdTimeout: Double
     private let lookup: (String) -> MappedDevice?
     private let dependsOn: (String, String) -> Bool
     private let mountDevice: UInt64?
@@ -19,14 +21,18 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
     private(set) var disks: Set<String> = []
     /// Files and devices this table opened.
     private(set) var files: Set<FileIdentity> = []
+    /// NBD exports this table connected to.
+    private(set) var nbd: [NbdDevice] = []
 
     /// `dependsOn(a, b)` tells whether disk a's tables reach disk b.
     init(owner: String, mountPoint: String, mountDevice: UInt64?, directIO: ImageFile.DirectIO,
+         nbdTimeout: Double = DaemonConfig.defaultNbdTimeout,
          lookup: @escaping (String) -> MappedDevice?, dependsOn: @escaping (String, String) -> Bool) {
         self.owner = owner
         self.mountPoint = mountPoint
         self.mountDevice = mountDevice
         self.directIO = directIO
+        self.nbdTimeout = nbdTimeout
         self.lookup = lookup
         self.dependsOn = dependsOn
     }
@@ -45,13 +51,21 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
             }
             disks.insert(disk)
             device = mapped
+        } else if let uri = NbdURI(name) {
+            do {
+                let nbdDevice = try NbdDevice(uri: uri, timeout: nbdTimeout)
+                nbd.append(nbdDevice)
+                device = nbdDevice
+            } catch {
+                throw ControlError(error.cause)
+            }
         } else if let path = try DeviceArgument.path(forNumber: name) {
             device = try open(path)
         } else if let disk = try DeviceArgument.udmDisk(behind: name, mountPrefix: prefix) {
             device = try open(prefix + disk)
         } else {
             guard name.hasPrefix("/") else {
-                throw ControlError("'\(name)' is neither an absolute path nor \(prefix)NAME")
+                throw ControlError("'\(name)' is neither an absolute path, an NBD URI nor \(prefix)NAME")
             }
             guard !FileIdentity.isOn(mountDevice, path: name) else {
                 throw ControlError("'\(name)' is on the udm mount: name a udm disk as \(prefix)NAME")

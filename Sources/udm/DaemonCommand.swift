@@ -28,6 +28,8 @@ struct DaemonCommand: ParsableCommand {
     @Option(help: "FUSE requests each disk has in flight at most; more wait in the daemon, in order (at least 1).")
     var queueDepth = DaemonConfig.defaultQueueDepth
     @Option(help: "O_DIRECT on image files: auto (where the file accepts it), on, off.") var directIO = ImageFile.DirectIO.auto
+    @Option(help: "Seconds an NBD device holds its I/O while it reconnects before failing it with EIO (also how long a connect may take).")
+    var nbdTimeout = DaemonConfig.defaultNbdTimeout
     @Flag(help: "Let users other than root open the disk files (FUSE allow_other).") var allowOther = false
     @Option(help: "Directory for the block device nodes of disks created through dmsetup.")
     var mapperDir = DaemonConfig.defaultMapperDirectory
@@ -37,6 +39,7 @@ struct DaemonCommand: ParsableCommand {
     func validate() throws {
         guard biosetSize >= 1 else { throw ValidationError("--bioset-size must be at least 1") }
         guard queueDepth >= 1 else { throw ValidationError("--queue-depth must be at least 1") }
+        guard nbdTimeout > 0 && nbdTimeout <= 86400 else { throw ValidationError("--nbd-timeout must be more than 0 and at most 86400 seconds") }
     }
 
     private var config: DaemonConfig {
@@ -45,6 +48,7 @@ struct DaemonCommand: ParsableCommand {
                                   bioSetSize: biosetSize, directIO: directIO, allowOther: allowOther, queueDepth: queueDepth,
                                   transport: transport)
         config.mapperDirectory = absolute(mapperDir)
+        config.nbdTimeout = nbdTimeout
         return config
     }
 
@@ -93,7 +97,7 @@ struct DaemonCommand: ParsableCommand {
                          "--state-dir", config.stateDirectory, "--socket", config.socketPath,
                          "--bioset-size", String(config.bioSetSize), "--direct-io", config.directIO.rawValue,
                          "--queue-depth", String(config.queueDepth), "--transport", config.transport.rawValue,
-                         "--mapper-dir", config.mapperDirectory]
+                         "--mapper-dir", config.mapperDirectory, "--nbd-timeout", String(config.nbdTimeout)]
         if config.allowOther { arguments.append("--allow-other") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import UDMBackends
 import UDMControl
 
 struct SnapshotCommand: ParsableCommand {
@@ -19,7 +20,7 @@ struct SnapshotCreateCommand: ParsableCommand {
             """)
     @Argument(help: "The disk to snapshot.") var origin: String
     @Argument(help: "The new snapshot disk's name.") var snapshot: String
-    @Option(help: "The COW file: new, or empty (zeros); created (sparse unless --preallocate) if missing.") var cow: String
+    @Option(help: "The COW file: new, or empty (zeros); created (sparse unless --preallocate) if missing. Or an NBD URI of an empty export.") var cow: String
     @Option(help: "Size of a new COW file: bytes, or with K, M, G, T (default: room for a full copy of ORIGIN).")
     var size: String?
     @Option(parsing: .unconditional, help: "Chunk size in sectors, a power of two (0: the COW header's, else 32).")
@@ -43,7 +44,7 @@ struct SnapshotCreateCommand: ParsableCommand {
     }
 
     func run() throws {
-        let options = ControlRequest.SnapshotOptions(origin: origin, cow: absolute(cow), size: size.flatMap(parseSize),
+        let options = ControlRequest.SnapshotOptions(origin: origin, cow: NbdURI(cow) == nil ? absolute(cow) : cow, size: size.flatMap(parseSize),
                                                      chunkSize: UInt64(chunkSize)!, transient: transient, overflow: overflow,
                                                      preallocate: preallocate, reuseCow: reuseCow)
         try client.send(ControlRequest(verb: .snapshotCreate, name: snapshot, snapshot: options))

@@ -330,6 +330,104 @@ our_loops() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# NBD servers (nbdkit), for tables over NBD. Each is stopped on exit, after the daemon, so the
+# daemon's last flushes still reach it.
+
+# start_nbdkit NAME ENDPOINT ARGS...: `nbdkit -f ARGS` (plugin, its arguments, filters) serving
+# on ENDPOINT: a Unix socket path (starts with /) or a TCP port on 127.0.0.1. Returns once it
+# listens (its pid file exists). Its pid is in $TESTDIR/nbd.NAME.pid, its log in $TESTDIR/nbd.NAME.log.
+start_nbdkit() {
+    local name=$1 endpoint=$2 i
+    shift 2
+    command -v nbdkit >/dev/null || fail "nbdkit is not installed"
+    local pidfile=$TESTDIR/nbd.$name.pid listen
+    rm -f "$pidfile"
+    if [[ $endpoint == /* ]]; then
+        rm -f "$endpoint"
+        listen=(--unix "$endpoint")
+    else
+        listen=(-i 127.0.0.1 -p "$endpoint")
+    fi
+    echo "=== nbdkit ${listen[*]} $* ($(date +%T.%N))" >>"$TESTDIR/nbd.$name.log"
+    nbdkit -f "${listen[@]}" --pidfile "$pidfile" "$@" </dev/null >>"$TESTDIR/nbd.$name.log" 2>&1 &
+    disown
+    for ((i = 0; i < 100; i++)); do
+        [[ -s $pidfile ]] && return 0
+        sleep 0.1
+    done
+    tail -n 5 "$TESTDIR/nbd.$name.log" >&2
+    fail "nbdkit $name did not start listening on $endpoint"
+}
+
+# start_qemu_nbd NAME SOCKET IMAGE: qemu-nbd serving the raw IMAGE on the Unix SOCKET, for up to
+# 8 clients at once; returns once it listens. Stopped on exit like the nbdkit servers.
+start_qemu_nbd() {
+    local name=$1 socket=$2 image=$3
+    command -v qemu-nbd >/dev/null || fail "qemu-nbd is not installed (qemu-utils)"
+    rm -f "$socket" "$TESTDIR/nbd.$name.pid"
+    qemu-nbd --fork --persistent --shared=8 --format=raw --cache=none --socket="$socket" \
+        --pid-file="$TESTDIR/nbd.$name.pid" "$image" </dev/null >>"$TESTDIR/nbd.$name.log" 2>&1 ||
+        fail "qemu-nbd $name did not start: $(tail -n 3 "$TESTDIR/nbd.$name.log")"
+}
+
+# nbd_pid NAME: the pid of server NAME.
+nbd_pid() {
+    cat "$TESTDIR/nbd.$1.pid"
+}
+
+# nbd_connections NAME: how many client connections server NAME has open now.
+nbd_connections() {
+    local sockets
+    sockets=$(find "/proc/$(nbd_pid "$1")/fd" -lname 'socket:*' 2>/dev/null | wc -l)
+    echo $((sockets - 1))    # its listening socket
+}
+
+# expect_no_nbd_clients NAME: server NAME's client connections all close (within 10 s).
+expect_no_nbd_clients() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ $(nbd_connections "$1") == 0 ]] && return 0
+        sleep 0.1
+    done
+    fail "nbdkit $1 still has $(nbd_connections "$1") client connection(s)"
+}
+
+# stop_nbdkit NAME: kill server NAME (SIGKILL: it gets no chance to say goodbye) and wait for it.
+stop_nbdkit() {
+    local pid
+    pid=$(nbd_pid "$1")
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_gone "$pid" 10 || fail "nbdkit $1 (pid $pid) did not exit"
+    rm -f "$TESTDIR/nbd.$1.pid"
+}
+
+# free_port: a TCP port on 127.0.0.1 nothing listens on.
+free_port() {
+    local port i
+    for ((i = 0; i < 100; i++)); do
+        port=$((20000 + RANDOM % 40000))
+        [[ -z $(ss -Hltn "sport = :$port" 2>/dev/null) ]] && { echo "$port"; return 0; }
+    done
+    fail "no free TCP port found"
+}
+
+# _cleanup_nbd STAGE: continue (cont) stopped servers so nothing blocks on them, or kill (kill) them all.
+_cleanup_nbd() {
+    local pidfile pid
+    for pidfile in "$TESTDIR"/nbd.*.pid; do
+        [[ -s $pidfile ]] || continue
+        pid=$(cat "$pidfile")
+        pid_alive "$pid" || continue
+        if [[ $1 == cont ]]; then
+            kill -CONT "$pid" 2>/dev/null
+        else
+            kill -KILL "$pid" 2>/dev/null
+            wait_gone "$pid" 5
+        fi
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
 # Cleanup (EXIT trap): always runs; never fails; never leaves a mount or loop behind.
 
 _cleanup_umount() {
@@ -342,6 +440,7 @@ _cleanup() {
     set +e
     trap - EXIT INT TERM
     local pid loop dir i
+    _cleanup_nbd cont
 
     # 1. background helpers (subshells running a function: their children too)
     local kids=()
@@ -398,6 +497,8 @@ _cleanup() {
             wait_gone "$pid" 5
         fi
     done
+
+    _cleanup_nbd kill
 
     # 6. the FUSE mount (may be stale after kill -9)
     for ((i = 0; i < 5; i++)); do
