@@ -57,4 +57,30 @@ final class RequestPoolTests: XCTestCase {
         [small, spilled, large, none].forEach(pool.give)
         XCTAssertEqual(pool.outstanding, 0)
     }
+
+    /// Large buffers beyond the warm ones are spare: there is one for every request (no taker
+    /// waits), and a spare buffer's pages go back to the kernel when it is given back.
+    func testSpareLargeBuffersAreTakenWithoutWaitingAndReleasedOnReturn() {
+        let pool = RequestPool(sizes: .init(requests: 4, buffers: [1, 1, 3], warm: [1, 1, 1]))
+        let taken = (0..<3).map { _ in pool.take(bytes: 1 << 20) }
+        XCTAssertEqual(Set(taken.map { Int(bitPattern: $0.buffer) }).count, 3)
+        XCTAssertEqual(taken.map(\.bufferClass), [2, 2, 2])
+        let buffers = taken.map { $0.buffer! }
+        let bytes = 1 << 20
+        for buffer in buffers { memset(buffer, 0xAB, bytes) }
+        XCTAssertEqual(buffers.map { residentPages($0, bytes) }, [256, 256, 256])
+        taken.forEach(pool.give)
+        XCTAssertEqual(residentPages(buffers[0], bytes), 256, "the warm buffer stays resident")
+        XCTAssertEqual(residentPages(buffers[1], bytes), 0, "a spare buffer's pages go back")
+        XCTAssertEqual(residentPages(buffers[2], bytes), 0, "a spare buffer's pages go back")
+        XCTAssertEqual(pool.outstanding, 0)
+    }
+
+    /// Pages of [start, start + bytes) in memory now (mincore).
+    private func residentPages(_ start: UnsafeMutableRawPointer, _ bytes: Int) -> Int {
+        let pages = (bytes + 4095) / 4096
+        var vector = [UInt8](repeating: 0, count: pages)
+        XCTAssertEqual(mincore(start, bytes, &vector), 0)
+        return vector.filter { $0 & 1 != 0 }.count
+    }
 }

@@ -5,7 +5,9 @@
 # one level down (data stacked over a suspended disk low) and biosets of 4, so that data's
 # clones run out: its bios wait on the pool, not its threads; and with 24 fsyncs on a striped
 # disk over two suspended disks, each flush needing a set of 2 clones from an empty pool: the
-# sets are waited for on the striped disk's own thread. Each step is bounded, so a
+# sets are waited for on the striped disk's own thread. And with 1 MiB writes held on x (more
+# of them than there are warm 1 MiB buffers and workers together): their data waits in spare
+# buffers, not in workers. Each step is bounded, so a
 # daemon that lets held I/O take every worker (or the kernel's background slots) fails here
 # by timeout instead of hanging.
 source "$(dirname "$0")/functions.sh"
@@ -110,4 +112,20 @@ for pid in "${fsyncs[@]}"; do
     wait_gone "$pid" 30 || fail "an fsync of st still waiting 30 s after s0 and s1 were resumed"
     wait "$pid" || fail "an fsync of st failed"
 done
+
+log "1 MiB writes held on big: 2 jobs x iodepth 64, more than the warm 1 MiB buffers and the workers"
+B=$(make_image big.img 128M)
+udm_ok create big --table "0 262144 linear $B 0"
+udm_ok suspend big
+fio --name=held --filename="$(disk_file big)" --rw=randwrite --bs=1M --size=64M --offset_increment=64M \
+    --direct=1 --ioengine=libaio --iodepth=64 --numjobs=2 --verify=crc32c --do_verify=1 \
+    --verify_state_save=0 --randrepeat=1 --group_reporting >"$WORK/fio-big.out" 2>&1 &
+F=$!
+track_pid "$F"
+sleep 3
+pid_alive "$F" || fail "fio on big finished while its I/O was held: $(tail -n 5 "$WORK/fio-big.out")"
+expect_y_goes_on "big held 128 writes of 1 MiB"
+timeout 10 ls -l "$MNT" >/dev/null || fail "ls -l MOUNT stalled while big held 1 MiB writes"
+udm_ok resume big
+expect_verified big
 stop_daemon
