@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """tools/bench's helper: reads fio's JSON output and the run records tools/bench wrote,
-prints the tables and the issue 6 targets, and writes the results JSON.
+prints the tables and the issue 6, 13 and 14 targets, and writes the results JSON.
 
   bench-report.py brief FIO_JSON JOB      one line for the progress log
   bench-report.py report --runs F --rss F --out F ...   the tables and the JSON
@@ -17,11 +17,12 @@ import sys
 
 JOBS = ["randread4k", "randwrite4k", "seqread1m", "seqwrite1m", "lat4k"]
 THROUGHPUT_JOBS = ["randread4k", "randwrite4k", "seqread1m", "seqwrite1m"]
-SUBJECTS = ["raw", "loop", "udm-linear", "udm-linear-loop", "udm-striped", "udm-linear-uring", "udm-striped-uring", "udm-snap",
+SUBJECTS = ["raw", "loop", "passthrough-ll", "udm-linear", "udm-linear-loop", "udm-striped", "udm-linear-uring", "udm-striped-uring", "udm-snap",
             "udm-snap-fw", "udm-snap-fw-sparse", "qsd", "qsd-loop", "qsd-qcow2-fw"]
 DESCRIPTION = {
     "raw": "the image file itself (the limit)",
     "loop": "kernel loop device over the image (--direct-io=on)",
+    "passthrough-ll": "libfuse's C example passthrough_ll over the image's directory (the FUSE floor; O_DIRECT writes copied to an aligned buffer by tools/passthrough-ll-odirect.c)",
     "udm-linear": "udm linear disk over the image",
     "udm-linear-loop": "loop device (--direct-io=on) over the udm linear disk's file",
     "udm-striped": "udm striped disk over two images",
@@ -49,6 +50,14 @@ TARGETS = [
     ("udm-striped-uring", "udm-striped", ["randread4k", "randwrite4k"], 1.3, "uring transport 4k >= 1.3x legacy (striped)"),
     ("udm-linear-uring", "raw", ["randread4k", "randwrite4k"], 0.6, "uring transport linear 4k >= 0.6x raw"),
     ("qsd-loop", "qsd", THROUGHPUT_JOBS, 0.9, "(peer) qsd through a loop device vs without"),
+    ("udm-linear", "passthrough-ll", ["randread4k", "randwrite4k"], 1.0, "udm linear 4k >= 1.0x passthrough_ll"),
+    ("udm-linear-uring", "passthrough-ll", ["randread4k", "randwrite4k"], 1.0, "(info) uring linear 4k vs passthrough_ll"),
+]
+# (subject, jobs, at most, what): daemon voluntary context switches per I/O (2 jobs x iodepth 8)
+VCSW_TARGETS = [
+    ("udm-linear", ["randread4k", "randwrite4k"], 1.0, "udm linear <= 1 voluntary switch per 4k I/O, iodepth 16"),
+    ("udm-linear-uring", ["randread4k", "randwrite4k"], 1.0, "(info) uring linear switches per 4k I/O"),
+    ("passthrough-ll", ["randread4k", "randwrite4k"], 1.0, "(info) passthrough_ll switches per 4k I/O"),
 ]
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -64,7 +73,7 @@ def load_fio(path):
 def fio_numbers(path):
     """Sums over fio's job entries: IOPS, bytes/s, bytes moved; clat percentiles (µs)."""
     d = load_fio(path)
-    out = {"iops": 0.0, "bw_bytes": 0.0, "io_bytes": 0, "runtime_ms": 0, "errors": 0}
+    out = {"iops": 0.0, "bw_bytes": 0.0, "io_bytes": 0, "ios": 0, "runtime_ms": 0, "errors": 0}
     p50 = p99 = p999 = mean = None
     for j in d["jobs"]:
         out["errors"] += j.get("error", 0)
@@ -74,6 +83,7 @@ def fio_numbers(path):
             out["iops"] += s["iops"]
             out["bw_bytes"] += s["bw_bytes"]
             out["io_bytes"] += s["io_bytes"]
+            out["ios"] += s.get("total_ios", 0)
             pct = s.get("clat_ns", {}).get("percentile")
             if s["io_bytes"] and pct and p50 is None:
                 p50 = pct.get("50.000000", 0) / 1000
@@ -158,6 +168,8 @@ def report(a):
         secs = r.pop("cpu_ticks") / a.clk_tck
         r["daemon_cpu_s"] = secs if r["daemon"] else None
         r["daemon_cpu_s_per_gib"] = secs / (r["io_bytes"] / GiB) if r["daemon"] and r["io_bytes"] else None
+        switches = r.pop("vcsw", None)
+        r["daemon_vcsw_per_io"] = switches / r["ios"] if r["daemon"] and switches is not None and r["ios"] else None
         del r["fio"]
     by = {(r["pass"], r["job"], r["subject"]): r for r in runs}
     passes = sorted({r["pass"] for r in runs})
@@ -188,6 +200,7 @@ def report(a):
                 "clat_p50_us": mean(r["clat_p50_us"] for r in rs),
                 "clat_p99_us": mean(r["clat_p99_us"] for r in rs),
                 "daemon_cpu_s_per_gib": mean(r["daemon_cpu_s_per_gib"] for r in rs),
+                "daemon_vcsw_per_io": mean(r["daemon_vcsw_per_io"] for r in rs),
             }
 
     targets = []
@@ -201,6 +214,21 @@ def report(a):
             targets.append({"target": what, "job": j, "numerator": num, "denominator": den,
                             "at_least": least, "ratio": m, "ratio_per_pass": per,
                             "met": m >= least})
+
+    for s, tjobs, most, what in VCSW_TARGETS:
+        for j in tjobs:
+            per = [by[(p, j, s)]["daemon_vcsw_per_io"] for p in passes if (p, j, s) in by]
+            per = [x for x in per if x is not None]
+            if per:
+                m = mean(per)
+                targets.append({"target": what, "job": j, "numerator": f"{s} voluntary switches",
+                                "denominator": "fio I/Os", "at_most": most, "ratio": m,
+                                "ratio_per_pass": per, "met": m <= most})
+
+    held = []
+    if a.held and os.path.exists(a.held):
+        with open(a.held) as f:
+            held = [json.loads(line) for line in f if line.strip()]
 
     rss = []
     if a.rss and os.path.exists(a.rss):
@@ -240,6 +268,7 @@ def report(a):
         "summary": summary,
         "targets": targets,
         "rss": rss,
+        "held_1m_writes": held,
         "runs": runs,
     }
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
@@ -306,8 +335,28 @@ def print_tables(res, subjects, jobs):
             print(f"{r['depth']:>8}{r['idle_rss_kib'] / 1024:>8.1f} MiB{r['vmhwm_kib'] / 1024:>8.1f} MiB"
                   f"{r['sampled_max_rss_kib'] / 1024:>9.1f} MiB{r['iops']:>9.0f}")
         print()
+    vcsw_subjects = [s for s in daemon_subjects if any(
+        c.get("daemon_vcsw_per_io") is not None for c in summ.get(s, {}).values())]
+    if vcsw_subjects:
+        print("daemon voluntary context switches per I/O (perf: sched_switch while blocked, all its threads, also those that come and go)")
+        print(f"{'subject':<16}" + "".join(f"{j:>13}" for j in jobs))
+        for s in vcsw_subjects:
+            cells = []
+            for j in jobs:
+                c = summ.get(s, {}).get(j)
+                v = None if not c else c.get("daemon_vcsw_per_io")
+                cells.append(f"{'' if v is None else f'{v:.2f}':>13}")
+            print(f"{s:<16}" + "".join(cells))
+        print()
+    if res.get("held_1m_writes"):
+        print("udm daemon memory, 8 suspended disks each sent a full queue of 1 MiB writes (fresh daemon)")
+        print(f"{'transport':<10}{'held':>7}{'idle RSS':>12}{'held RSS':>12}{'VmHWM':>12}{'RSS after':>12}")
+        for h in res["held_1m_writes"]:
+            print(f"{h['transport']:<10}{h['held']:>7}{h['idle_rss_kib'] / 1024:>8.1f} MiB{h['held_rss_kib'] / 1024:>8.1f} MiB"
+                  f"{h['vmhwm_kib'] / 1024:>8.1f} MiB{h['rss_after_kib'] / 1024:>8.1f} MiB")
+        print()
     if res["targets"]:
-        print("issue 6 targets (ratios within a pass, averaged; benchmarks, not tests)")
+        print("targets (ratios within a pass, averaged; benchmarks, not tests)")
         for t in res["targets"]:
             bound = f">= {t['at_least']}" if "at_least" in t else f"<= {t['at_most']}"
             per = ""
@@ -317,7 +366,7 @@ def print_tables(res, subjects, jobs):
             verdict = "met" if t["met"] else "MISSED"
             if t["target"].startswith(("(peer)", "(info)")):
                 verdict = "info"
-            print(f"  {verdict:<7}{t['target']:<52}{t['job']:<12}{r:>6} {bound}{per}")
+            print(f"  {verdict:<7}{t['target']:<60}{t['job']:<12}{r:>6} {bound}{per}")
         print()
     print(f"total {res['total_seconds']} s")
 
@@ -354,6 +403,16 @@ def markdown(path):
             f"{s} " + ", ".join("-" if not c.get(j) or c[j]["daemon_cpu_s_per_gib"] is None
                                  else f"{c[j]['daemon_cpu_s_per_gib']:.2f}" for j in THROUGHPUT_JOBS)
             for s, c in cpu) + ".")
+    vcsw = [(s, summ[s]) for s in subjects if s in ("udm-linear", "udm-linear-uring", "passthrough-ll")]
+    if any(c.get(j) and c[j].get("daemon_vcsw_per_io") is not None for _, c in vcsw for j in ("randread4k", "randwrite4k")):
+        print("Daemon voluntary context switches per 4k I/O (randread4k, randwrite4k): " + "; ".join(
+            f"{s} " + ", ".join("-" if not c.get(j) or c[j].get("daemon_vcsw_per_io") is None
+                                 else f"{c[j]['daemon_vcsw_per_io']:.2f}" for j in ("randread4k", "randwrite4k"))
+            for s, c in vcsw) + ".")
+    if res.get("held_1m_writes"):
+        print("8 suspended disks, each sent 128 writes of 1 MiB: " + "; ".join(
+            f"{h['transport']}: {h['held']} held, VmHWM {h['vmhwm_kib'] / 1024:.0f} MiB, {h['rss_after_kib'] / 1024:.0f} MiB once they landed"
+            for h in res["held_1m_writes"]) + ".")
     if res["rss"]:
         print("Peak RSS (VmHWM) of a fresh daemon, striped disk, 4k randread+randwrite: " + ", ".join(
             f"iodepth {r['depth']} {r['vmhwm_kib'] / 1024:.1f} MiB" for r in res["rss"]) + ".")
@@ -373,6 +432,7 @@ def main():
     ap.add_argument("command", choices=["report"])
     ap.add_argument("--runs", required=True)
     ap.add_argument("--rss")
+    ap.add_argument("--held")
     ap.add_argument("--notes")
     ap.add_argument("--out", required=True)
     ap.add_argument("--clk-tck", type=int, default=100)
