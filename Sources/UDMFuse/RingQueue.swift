@@ -74,6 +74,14 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
     private var lendablePayload: UnsafeMutableRawPointer?
     /// Per entry: its command has ended with an error, so it is not committed again.
     private var ended: [Bool]
+    /// Per entry, the payload bytes requests and replies have used since its pages were last
+    /// given back, and how many entries hold at least `largePayload` (ring thread only).
+    private var residentPayload: [Int]
+    private var largeEntries = 0
+    /// A burst of held large writes fills many entries' payloads; beyond these many, an entry
+    /// gives back its payload's pages past a small reply when it is answered.
+    static let warmLargeEntries = 32
+    static let largePayload = 128 << 10
     /// Set by the ring thread once registration has been submitted: nil if it succeeded.
     private let registration = Mutex<(done: Bool, error: String?)>((false, nil))
 
@@ -110,6 +118,7 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
         transferOwners.initialize(repeating: nil, count: transferCapacity)
         freeTransfers = Array((0..<Int32(transferCapacity)).reversed())
         ended = Array(repeating: false, count: entries)
+        residentPayload = Array(repeating: 0, count: entries)
         for entry in 0..<entries {
             iovecs[2 * entry] = iovec(iov_base: header(entry), iov_len: MemoryLayout<udm_fuse_uring_req_header>.size)
             iovecs[2 * entry + 1] = iovec(iov_base: payload(entry), iov_len: self.payloadBytes)
@@ -354,6 +363,16 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
             let entry = top - 1
             top = links[entry]
             guard !ended[entry] else { continue }
+            let replied = Int(header(entry).load(fromByteOffset: Self.entryFieldsOffset + 16, as: UInt32.self))
+            if replied < Self.largePayload, largeEntries > Self.warmLargeEntries, residentPayload[entry] >= Self.largePayload {
+                // The payload's pages past the reply (a write's is 8 bytes) can go.
+                let kept = (replied + 4095) & ~4095
+                _ = madvise(payload(entry) + kept, ((residentPayload[entry] + 4095) & ~4095) - kept, MADV_DONTNEED)
+                residentPayload[entry] = kept
+                largeEntries -= 1
+            } else {
+                noteResident(entry, bytes: replied)
+            }
             prepare(&ring) { sqe in
                 udm_prep_fuse_uring_cmd(sqe, fuseFD, udm_fuse_io_uring_cmd_commit_and_fetch, iovecs + 2 * entry, qid,
                                         commitIDs[entry], UInt64(entry))
@@ -375,6 +394,7 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
             answer(entry, error: EIO)
             return
         }
+        noteResident(entry, bytes: payloadUsed)
         let message = header + Self.headerBytes - Self.inHeaderBytes - opBytes
         message.copyMemory(from: header, byteCount: Self.inHeaderBytes)
         (message + Self.inHeaderBytes).copyMemory(from: header + Self.opHeaderOffset, byteCount: opBytes)
@@ -386,6 +406,12 @@ final class RingQueue: AsyncTransferEngine, @unchecked Sendable {
         lendablePayload = payload(entry)
         fuse_session_process_buf(session, &buffer)
         lendablePayload = nil
+    }
+
+    private func noteResident(_ entry: Int, bytes: Int) {
+        guard bytes > residentPayload[entry] else { return }
+        if residentPayload[entry] < Self.largePayload, bytes >= Self.largePayload { largeEntries += 1 }
+        residentPayload[entry] = bytes
     }
 
     private func answer(_ entry: Int, error: Int32) {
