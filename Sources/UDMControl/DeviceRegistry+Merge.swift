@@ -35,6 +35,9 @@ extension DeviceRegistry {
             return (origin, try record(origin).device, arguments)
         }
         defer { locked { release([origin, snapshot]) } }
+        let mergeTable = "0 \(device.sectors) snapshot-merge \(arguments[0]) \(arguments[1]) P \(arguments[3])"
+        let mergeNbd = connectNbd(mergeTable)
+        defer { closeUnused(mergeNbd) }
         device.suspend()
         do {
             try locked {
@@ -44,11 +47,11 @@ extension DeviceRegistry {
                 // The snapshot's target must be gone before the merge target takes over its COW.
                 _ = dropDisk(snapshot)
                 do {
-                    try loadTable(origin, table: "0 \(device.sectors) snapshot-merge \(arguments[0]) \(arguments[1]) P \(arguments[3])",
-                                  source: "merge table")
+                    try loadTable(origin, table: mergeTable, source: "merge table", nbd: mergeNbd)
                 } catch {
-                    // The COW is intact: put the snapshot disk back as it was.
-                    try? insertDisk(snapshot, table: snapshotTable, source: "snapshot table")
+                    // The COW is intact: put the snapshot disk back as it was. The merge table
+                    // that failed names the same COW, and kept none of its connections.
+                    try? insertDisk(snapshot, table: snapshotTable, source: "snapshot table", nbd: mergeNbd)
                     throw error
                 }
                 groups[origin]?.snapshots.removeAll { $0 == snapshot }
@@ -83,28 +86,33 @@ extension DeviceRegistry {
     /// Puts an origin whose merge is done back on its own table (or on snapshot-origin while
     /// other snapshots remain) and removes ORIGIN-real when no snapshot needs it.
     func finishMerge(_ origin: String) {
-        enum Next { case done, retry, finish(MappedDevice, SnapshotGroup) }
+        enum Next { case done, retry, finish(MappedDevice, SnapshotGroup, String) }
         let next = locked { () -> Next in
             guard let group = groups[origin], group.merging != nil, let device = records[origin]?.device,
                   let target = device.live?.entries.first?.target as? SnapshotMergeTarget,
                   let usage = Self.parseUsage(target.status(.info)), usage.allocated == usage.metadata else { return .done }
+            let others = !group.snapshots.isEmpty
+            // Without a table there is nothing to go back to: the origin stays merging.
+            guard let table = others ? "0 \(device.sectors) snapshot-origin \(path(of: group.real))" : records[group.real]?.live else {
+                return .done
+            }
             // Another command is working on the origin: come back once it is through.
             guard (try? claim([origin, group.real], for: "merge finish")) != nil else { return .retry }
-            return .finish(device, group)
+            return .finish(device, group, table)
         }
-        guard case .finish(let device, let group) = next else {
+        guard case .finish(let device, let group, let table) = next else {
             if case .retry = next { mergeFinisher.asyncAfter(deadline: .now() + 0.2) { [self] in finishMerge(origin) } }
             return
         }
         defer { locked { release([origin, group.real]) } }
         let others = !group.snapshots.isEmpty
+        // Both disks are claimed, so `table` is still theirs once the exports are connected.
+        let nbd = connectNbd(table)
+        defer { closeUnused(nbd) }
         device.suspend()
         do {
             try locked {
-                guard let table = others ? "0 \(device.sectors) snapshot-origin \(path(of: group.real))" : records[group.real]?.live else {
-                    throw ControlError("'\(group.real)' has no live table")
-                }
-                try loadTable(origin, table: table, source: others ? "origin table" : "\(group.real)'s table")
+                try loadTable(origin, table: table, source: others ? "origin table" : "\(group.real)'s table", nbd: nbd)
                 try save()
             }
             try resumeClaimed(origin, device)

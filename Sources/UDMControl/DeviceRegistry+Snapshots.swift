@@ -44,12 +44,14 @@ extension DeviceRegistry {
     /// everything is put back as it was.
     public func createSnapshot(_ snapshot: String, _ request: ControlRequest.SnapshotOptions) throws {
         let origin = request.origin
-        try locked {
+        // The table ORIGIN-real will take if this is the first snapshot.
+        let realTable = try locked { () throws -> String? in
             try Self.validate(name: snapshot)
-            _ = try record(origin)
+            let originRecord = try record(origin)
             try checkIdle(origin)
             guard records[snapshot] == nil else { throw ControlError("disk '\(snapshot)' already exists") }
             if let refusal = snapshotRefusal(of: origin) { throw ControlError(refusal) }
+            return groups[origin] == nil ? originRecord.live : nil
         }
         guard request.cow.hasPrefix("/") || NbdURI(request.cow) != nil else {
             throw ControlError("--cow must be an absolute path or an NBD URI: \(request.cow)")
@@ -58,6 +60,9 @@ extension DeviceRegistry {
             throw ControlError("--chunk-size \(request.chunkSize): a power of two up to 2097152 sectors")
         }
         let cowIdentities = try inspectCow(request)
+        let realNbd = connectNbd(realTable ?? "")
+        let snapshotNbd = NbdConnections(connecting: NbdURI(request.cow) != nil ? [request.cow] : [], timeout: config.nbdTimeout)
+        defer { closeUnused(realNbd, snapshotNbd) }
         let (device, real, first) = try locked { () throws -> (MappedDevice, String, Bool) in
             // Again: things may have changed while the COW was read.
             try Self.validate(name: snapshot)
@@ -71,10 +76,13 @@ extension DeviceRegistry {
             let first = groups[origin] == nil
             if first, records[real] != nil { throw ControlError("disk '\(real)' already exists") }
             guard let table = originRecord.live else { throw ControlError("'\(origin)' has no live table") }
+            if first, table != realTable {
+                throw ControlError("'\(origin)' changed while snapshot create connected to its NBD exports; try again")
+            }
             try claim([origin, snapshot, real], for: "snapshot create")
             do {
                 if first {
-                    try insertDisk(real, table: table, source: "\(origin)'s table")
+                    try insertDisk(real, table: table, source: "\(origin)'s table", nbd: realNbd)
                     try save()
                 }
             } catch {
@@ -93,14 +101,15 @@ extension DeviceRegistry {
             device.suspend()
             try locked {
                 if first {
-                    try loadTable(origin, table: "0 \(device.sectors) snapshot-origin \(path(of: real))", source: "origin table")
+                    try loadTable(origin, table: "0 \(device.sectors) snapshot-origin \(path(of: real))", source: "origin table",
+                                  nbd: NbdConnections())
                     loaded = true
                 }
                 let store = request.transient ? "N" : request.overflow ? "PO" : "P"
                 // A transient store has no header to take a chunk size from: 0 means the default.
                 let chunk = request.transient ? request.effectiveChunkSize : request.chunkSize
                 try insertDisk(snapshot, table: "0 \(device.sectors) snapshot \(path(of: real)) \(request.cow) \(store) \(chunk)",
-                               source: "snapshot table")
+                               source: "snapshot table", nbd: snapshotNbd)
                 created = true
                 groups[origin, default: SnapshotGroup(real: real, snapshots: [])].snapshots.append(snapshot)
                 try save()
@@ -167,8 +176,8 @@ extension DeviceRegistry {
     /// Removes a snapshot disk; when it was the origin's last, reloads the origin with its real
     /// table and removes ORIGIN-real. The COW file stays.
     public func removeSnapshot(_ name: String, force: Bool) throws {
-        let (origin, device, originDevice, real, isOpen, last) = try locked {
-            () throws -> (String, MappedDevice, MappedDevice, String, Bool, Bool) in
+        let (origin, device, originDevice, real, isOpen, last, realTable) = try locked {
+            () throws -> (String, MappedDevice, MappedDevice, String, Bool, Bool, String?) in
             guard let origin = self.origin(ofSnapshot: name), let group = groups[origin] else {
                 _ = try record(name)
                 throw ControlError("'\(name)' is not a snapshot")
@@ -185,17 +194,20 @@ extension DeviceRegistry {
             }
             let last = group.snapshots == [name] && group.merging == nil
             try claim([origin, name] + (last ? [group.real] : []), for: "snapshot remove")
-            return (origin, device, originDevice, group.real, openCount > 0, last)
+            return (origin, device, originDevice, group.real, openCount > 0, last, last ? records[group.real]?.live : nil)
         }
         defer { locked { release([origin, name] + (last ? [real] : [])) } }
+        // ORIGIN-real is claimed: its table stays what it was read as.
+        let realNbd = connectNbd(realTable ?? "")
+        defer { closeUnused(realNbd) }
         originDevice.suspend()
         do {
             if isOpen { try failAllIO(name, device) }
             try locked {
                 _ = dropDisk(name)
                 groups[origin]?.snapshots.removeAll { $0 == name }
-                if last, let table = records[real]?.live {
-                    try loadTable(origin, table: table, source: "\(real)'s table")
+                if let realTable {
+                    try loadTable(origin, table: realTable, source: "\(real)'s table", nbd: realNbd)
                 }
                 try save()
             }

@@ -139,10 +139,11 @@ public final class DeviceRegistry: @unchecked Sendable {
         return false
     }
 
-    func build(_ text: String, source: String?, for name: String) throws -> Built {
+    /// `nbd`: the table's NBD exports, connected before the lock was taken.
+    func build(_ text: String, source: String?, for name: String, nbd: NbdConnections) throws -> Built {
         let resolver = TableResolver(owner: name, mountPoint: config.mountPoint,
                                      mountDevice: FileIdentity.mountDevice(config.mountPoint), directIO: config.directIO,
-                                     nbdTimeout: config.nbdTimeout,
+                                     connections: nbd,
                                      lookup: { [records] in records[$0]?.device },
                                      dependsOn: { [unowned self] in self.dependsOn($0, $1) })
         let parsed = Result { () throws(TableError) -> [TableLine] in try TableLine.parse(text) }
@@ -161,9 +162,9 @@ public final class DeviceRegistry: @unchecked Sendable {
     }
 
     /// Creates a disk, live at once (a new device holds no I/O, so its resume waits for nothing).
-    func insertDisk(_ name: String, table text: String, source: String?) throws {
+    func insertDisk(_ name: String, table text: String, source: String?, nbd: NbdConnections) throws {
         guard records[name] == nil else { throw ControlError("disk '\(name)' already exists") }
-        let built = try build(text, source: source, for: name)
+        let built = try build(text, source: source, for: name, nbd: nbd)
         let device = MappedDevice(name: name)
         device.load(built.table)
         try device.resume()
@@ -174,9 +175,9 @@ public final class DeviceRegistry: @unchecked Sendable {
     }
 
     /// Puts a table in `name`'s inactive slot.
-    func loadTable(_ name: String, table text: String, source: String?) throws {
+    func loadTable(_ name: String, table text: String, source: String?, nbd: NbdConnections) throws {
         var record = try record(name)
-        let built = try build(text, source: source, for: name)
+        let built = try build(text, source: source, for: name, nbd: nbd)
         record.device.load(built.table)
         record.inactive = text
         record.inactiveDisks = built.disks
@@ -229,6 +230,25 @@ public final class DeviceRegistry: @unchecked Sendable {
         records.filter { $0.value.stacksOn.contains(name) }.map(\.key).sorted()
     }
 
+    // MARK: steps done unlocked
+
+    /// Connects to the NBD exports `tables` name; done before the lock is taken, as a connect
+    /// may wait up to --nbd-timeout.
+    func connectNbd(_ tables: String...) -> NbdConnections {
+        NbdConnections(connecting: tables.flatMap(NbdConnections.uris), timeout: config.nbdTimeout)
+    }
+
+    /// Closes the devices of `connections` that no disk's table kept (its build failed, a check
+    /// refused it, the command lost a race), at once and outside the lock.
+    func closeUnused(_ connections: NbdConnections...) {
+        let kept: Set<ObjectIdentifier> = locked {
+            Set(records.values.flatMap { record in (record.liveNbd + record.inactiveNbd).map { ObjectIdentifier($0) } })
+        }
+        for device in connections.flatMap(\.connected) where !kept.contains(ObjectIdentifier(device)) {
+            device.close()
+        }
+    }
+
     // MARK: steps done unlocked, on a claimed disk
 
     /// Resumes a claimed disk (held I/O is resubmitted on this thread) and records its loaded
@@ -249,30 +269,44 @@ public final class DeviceRegistry: @unchecked Sendable {
     /// that fails all I/O.
     func failAllIO(_ name: String, _ device: MappedDevice) throws {
         device.suspend()
-        let built = try locked { try build("0 \(max(device.sectors, 1)) error", source: nil, for: name) }
+        let built = try locked { try build("0 \(max(device.sectors, 1)) error", source: nil, for: name, nbd: NbdConnections()) }
         device.load(built.table)
         try? device.resume()
     }
 
     // MARK: verbs
 
+    /// Checked, then the NBD exports are connected unlocked, then checked again and built.
     public func create(_ name: String, table text: String, source: String? = nil) throws {
-        try locked {
+        let check = {
             try Self.validate(name: name)
-            try checkIdle(name)
-            try insertDisk(name, table: text, source: source)
+            try self.checkIdle(name)
+            guard self.records[name] == nil else { throw ControlError("disk '\(name)' already exists") }
+        }
+        try locked(check)
+        let nbd = connectNbd(text)
+        defer { closeUnused(nbd) }
+        try locked {
+            try check()
+            try insertDisk(name, table: text, source: source, nbd: nbd)
             try save()
         }
     }
 
     public func load(_ name: String, table text: String, source: String? = nil, force: Bool = false) throws {
-        try locked {
-            try checkIdle(name)
-            _ = try record(name)
-            if !force, let role = topologyRole(of: name) {
+        let check = {
+            try self.checkIdle(name)
+            _ = try self.record(name)
+            if !force, let role = self.topologyRole(of: name) {
                 throw ControlError("\(role): a new table would break its snapshots; use udm snapshot remove, or load --force")
             }
-            try loadTable(name, table: text, source: source)
+        }
+        try locked(check)
+        let nbd = connectNbd(text)
+        defer { closeUnused(nbd) }
+        try locked {
+            try check()
+            try loadTable(name, table: text, source: source, nbd: nbd)
             try save()
         }
     }

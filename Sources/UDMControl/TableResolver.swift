@@ -3,7 +3,8 @@ import UDMCore
 
 /// Resolves the device arguments of one table being built: an absolute path opens an image
 /// file or block device (once per table, however many lines name it); an NBD URI
-/// (`nbd://`, `nbds://`, `nbd+unix://`, ...) connects to the export, once per table too; `MOUNT/NAME` stacks on
+/// (`nbd://`, `nbds://`, `nbd+unix://`, ...) takes the export connected before the registry
+/// lock was taken (see `NbdConnections`), once per table too; `MOUNT/NAME` stacks on
 /// another udm disk in-process, refusing a disk that depends on the one being built. A path
 /// that reaches the udm mount some other way (a symlink, `..`) is refused: through the
 /// kernel, the daemon would wait on itself. `major:minor` names a block device, and a loop
@@ -12,7 +13,7 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
     private let owner: String
     private let mountPoint: String
     private let directIO: ImageFile.DirectIO
-    private let nbdTimeout: Double
+    private let connections: NbdConnections
     private let lookup: (String) -> MappedDevice?
     private let dependsOn: (String, String) -> Bool
     private let mountDevice: UInt64?
@@ -26,13 +27,13 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
 
     /// `dependsOn(a, b)` tells whether disk a's tables reach disk b.
     init(owner: String, mountPoint: String, mountDevice: UInt64?, directIO: ImageFile.DirectIO,
-         nbdTimeout: Double = DaemonConfig.defaultNbdTimeout,
+         connections: NbdConnections,
          lookup: @escaping (String) -> MappedDevice?, dependsOn: @escaping (String, String) -> Bool) {
         self.owner = owner
         self.mountPoint = mountPoint
         self.mountDevice = mountDevice
         self.directIO = directIO
-        self.nbdTimeout = nbdTimeout
+        self.connections = connections
         self.lookup = lookup
         self.dependsOn = dependsOn
     }
@@ -53,7 +54,7 @@ final class TableResolver: DeviceResolver, @unchecked Sendable {
             device = mapped
         } else if let uri = NbdURI(name) {
             do {
-                let nbdDevice = try NbdDevice(uri: uri, timeout: nbdTimeout)
+                let nbdDevice = try connections.device(for: uri)
                 nbd.append(nbdDevice)
                 device = nbdDevice
             } catch {
