@@ -44,7 +44,9 @@ grep -q "transport: uring (FUSE over io_uring, $cpus queues x " "$DAEMON_LOG" ||
 [[ $(cat $param) == Y ]] || fail "enable_uring is $(cat $param) with the uring transport running"
 udm info d | grep -qx "Transport: *uring" || fail "udm info d: $(udm info d)"
 udm stats d --json | grep -q '"transport":"uring"' || fail "udm stats d --json: $(udm stats d --json)"
-rings=$(find "/proc/$DAEMON_PID/fd" -lname 'anon_inode:\[io_uring\]' 2>/dev/null | wc -l)
+# open_rings: the io_uring descriptors the daemon holds (0 once it has exited)
+open_rings() { { find "/proc/$DAEMON_PID/fd" -lname 'anon_inode:\[io_uring\]' 2>/dev/null || true; } | wc -l; }
+rings=$(open_rings)
 ((rings == cpus)) || fail "the daemon holds $rings io_uring descriptors, expected one per CPU ($cpus)"
 
 log "writes over the rings land at the mapped offsets: aligned, then partial sectors"
@@ -60,7 +62,7 @@ cmp -s <(read_at "$D" $((MiB + 100)) 5000) <(tail -c +$((MiB + 1)) "$WORK/p" | h
 log "an unmount from outside ends the rings; the daemon ends by itself, cleanly"
 umount -l "$MNT" || fail "umount -l $MNT failed"
 for ((i = 0; i < 100; i++)); do
-    rings=$(find "/proc/$DAEMON_PID/fd" -lname 'anon_inode:\[io_uring\]' 2>/dev/null | wc -l)
+    rings=$(open_rings)
     ((rings == 0)) && break
     sleep 0.1
 done
