@@ -27,18 +27,21 @@ final class RequestPoolTests: XCTestCase {
         let before = heapInUse()
         exercise(pool, sizes: sizes, rounds: 200)
         let after = heapInUse()
-        // The counter is the whole process's: another thread may free meanwhile, never the pools allocate.
-        XCTAssertLessThanOrEqual(after - before, 0, "the pools allocated \(after - before) bytes after start")
+        // The counter is the whole process's: other threads' allocations and frees move it by a
+        // few hundred bytes meanwhile (CI saw -352 and -336); 12800 takes that each kept even
+        // 16 bytes would add 200 KiB.
+        XCTAssertLessThan(after - before, 4096, "the pools allocated \(after - before) bytes after start")
         XCTAssertEqual(pool.outstanding, 0)
     }
 
-    /// The probe sees an allocation that outlives the loop (so the test above can fail).
+    /// The probe sees an allocation that outlives the loop (so the test above can fail): 64 KiB,
+    /// under glibc's mmap threshold, against the other threads' noise of a few hundred bytes.
     func testTheProbeSeesAnAllocation() {
         let before = heapInUse()
-        let kept = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 16)
+        let kept = UnsafeMutableRawPointer.allocate(byteCount: 64 << 10, alignment: 16)
         let after = heapInUse()
         kept.deallocate()
-        XCTAssertGreaterThanOrEqual(after - before, 4096)
+        XCTAssertGreaterThanOrEqual(after - before, 32 << 10)
     }
 
     func testBuffersAreAlignedAndTheSmallestThatFits() {
