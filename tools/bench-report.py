@@ -315,19 +315,23 @@ def print_tables(res, subjects, jobs):
                 rr = "" if c["ratio_to_raw"] is None else f"{c['ratio_to_raw']:.2f}x"
                 print(f"{s:<16}{c['clat_p50_us']:>8.0f}{c['clat_p99_us']:>8.0f}{c['value']:>9.0f}{rr:>8}")
         print()
-    daemon_subjects = [s for s in subjects if any(
-        c.get("daemon_cpu_s_per_gib") is not None for c in summ.get(s, {}).values())]
-    if daemon_subjects:
-        print("daemon CPU seconds per GiB moved (utime+stime of the udm or qsd process / fio io_bytes)")
+    def daemon_table(key, title):
+        """A subject x job table of one per-daemon figure, for the subjects that have it."""
+        rows = [s for s in subjects if any(c.get(key) is not None for c in summ.get(s, {}).values())]
+        if not rows:
+            return
+        print(title)
         print(f"{'subject':<16}" + "".join(f"{j:>13}" for j in jobs))
-        for s in daemon_subjects:
+        for s in rows:
             cells = []
             for j in jobs:
-                c = summ.get(s, {}).get(j)
-                v = None if not c else c["daemon_cpu_s_per_gib"]
+                v = (summ.get(s, {}).get(j) or {}).get(key)
                 cells.append(f"{'' if v is None else f'{v:.2f}':>13}")
             print(f"{s:<16}" + "".join(cells))
         print()
+
+    daemon_table("daemon_cpu_s_per_gib",
+                 "daemon CPU seconds per GiB moved (utime+stime of the udm or qsd process / fio io_bytes)")
     if res["rss"]:
         print("udm daemon memory, striped disk, 4k randread+randwrite (fresh daemon per depth)")
         print(f"{'iodepth':>8}{'idle RSS':>12}{'VmHWM':>12}{'sampled max':>13}{'IOPS':>9}")
@@ -335,19 +339,8 @@ def print_tables(res, subjects, jobs):
             print(f"{r['depth']:>8}{r['idle_rss_kib'] / 1024:>8.1f} MiB{r['vmhwm_kib'] / 1024:>8.1f} MiB"
                   f"{r['sampled_max_rss_kib'] / 1024:>9.1f} MiB{r['iops']:>9.0f}")
         print()
-    vcsw_subjects = [s for s in daemon_subjects if any(
-        c.get("daemon_vcsw_per_io") is not None for c in summ.get(s, {}).values())]
-    if vcsw_subjects:
-        print("daemon voluntary context switches per I/O (perf: sched_switch while blocked, all its threads, also those that come and go)")
-        print(f"{'subject':<16}" + "".join(f"{j:>13}" for j in jobs))
-        for s in vcsw_subjects:
-            cells = []
-            for j in jobs:
-                c = summ.get(s, {}).get(j)
-                v = None if not c else c.get("daemon_vcsw_per_io")
-                cells.append(f"{'' if v is None else f'{v:.2f}':>13}")
-            print(f"{s:<16}" + "".join(cells))
-        print()
+    daemon_table("daemon_vcsw_per_io", "daemon voluntary context switches per I/O "
+                 "(perf: sched_switch while blocked, all its threads, also those that come and go)")
     if res.get("held_1m_writes"):
         print("udm daemon memory, 8 suspended disks each sent a full queue of 1 MiB writes (fresh daemon)")
         print(f"{'transport':<10}{'held':>7}{'idle RSS':>12}{'held RSS':>12}{'VmHWM':>12}{'RSS after':>12}")
