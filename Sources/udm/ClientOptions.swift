@@ -49,17 +49,23 @@ struct TableOptions: ParsableArguments {
     func read() -> (text: String, source: String?) {
         if table != nil && tableFile != nil { fail("give --table or --table-file, not both") }
         if let table { return (table, nil) }
-        if let tableFile {
-            guard let data = FileManager.default.contents(atPath: tableFile) else {
-                // FileManager drops the reason; open(2) names it.
-                let fd = open(tableFile, O_RDONLY)
-                let reason = fd < 0 ? String(cString: strerror(errno)) : "not a readable file"
-                if fd >= 0 { close(fd) }
-                fail("cannot read table file \(tableFile): \(reason)")
-            }
-            return (String(decoding: data, as: UTF8.self), tableFile)
-        }
-        let data = FileHandle.standardInput.readDataToEndOfFile()
-        return (String(decoding: data, as: UTF8.self), "stdin")
+        if let tableFile { return (readTableFile(tableFile, failing: { fail($0) }), tableFile) }
+        return (readStandardInput(), "stdin")
     }
+}
+
+/// The text of table file `path`; `failing` gets the one-line reason it cannot be read.
+func readTableFile(_ path: String, failing: (String) -> Never) -> String {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        // FileManager drops the reason; open(2) names it.
+        let fd = open(path, O_RDONLY)
+        let reason = fd < 0 ? String(cString: strerror(errno)) : "not a readable file"
+        if fd >= 0 { close(fd) }
+        failing("cannot read table file \(path): \(reason)")
+    }
+    return String(decoding: data, as: UTF8.self)
+}
+
+func readStandardInput() -> String {
+    String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
 }

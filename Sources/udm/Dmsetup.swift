@@ -156,16 +156,8 @@ struct Dmsetup {
             if let file { dmsetupFail("give --table or a table file '\(file)', not both") }
             return (table, nil)
         }
-        if let file {
-            guard let data = FileManager.default.contents(atPath: file) else {
-                let fd = open(file, O_RDONLY)
-                let reason = fd < 0 ? String(cString: strerror(errno)) : "not a readable file"
-                if fd >= 0 { close(fd) }
-                dmsetupFail("cannot read table file \(file): \(reason)")
-            }
-            return (String(decoding: data, as: UTF8.self), file)
-        }
-        return (String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self), "stdin")
+        if let file { return (readTableFile(file, failing: dmsetupFail), file) }
+        return (readStandardInput(), "stdin")
     }
 
     // MARK: the daemon
