@@ -283,14 +283,7 @@ public final class DeviceRegistry: @unchecked Sendable {
             try self.checkIdle(name)
             guard self.records[name] == nil else { throw ControlError("disk '\(name)' already exists") }
         }
-        try locked(check)
-        let nbd = connectNbd(text)
-        defer { closeUnused(nbd) }
-        try locked {
-            try check()
-            try insertDisk(name, table: text, source: source, nbd: nbd)
-            try save()
-        }
+        try checkedBuild(text, check: check) { try insertDisk(name, table: text, source: source, nbd: $0) }
     }
 
     public func load(_ name: String, table text: String, source: String? = nil, force: Bool = false) throws {
@@ -301,12 +294,18 @@ public final class DeviceRegistry: @unchecked Sendable {
                 throw ControlError("\(role): a new table would break its snapshots; use udm snapshot remove, or load --force")
             }
         }
+        try checkedBuild(text, check: check) { try loadTable(name, table: text, source: source, nbd: $0) }
+    }
+
+    /// `check` under the lock; `text`'s NBD exports connected unlocked; then `check` again,
+    /// `build` with those connections and a save, under the lock. Unkept connections close.
+    private func checkedBuild(_ text: String, check: () throws -> Void, build: (NbdConnections) throws -> Void) throws {
         try locked(check)
         let nbd = connectNbd(text)
         defer { closeUnused(nbd) }
         try locked {
             try check()
-            try loadTable(name, table: text, source: source, nbd: nbd)
+            try build(nbd)
             try save()
         }
     }
