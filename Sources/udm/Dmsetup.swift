@@ -40,6 +40,18 @@ struct Dmsetup {
         case "udevcomplete_all", "udevcomplete", "udevcookies", "udevcreatecookie", "udevreleasecookie":
             // There is no udev cookie to wait for: udm makes its nodes itself, at once.
             return
+        case "create", "load", "reload":
+            // The name and the table are read before a daemon is started for them: a missing
+            // table file must not leave an empty daemon behind.
+            let name = deviceName(arguments, verb, max: 2)
+            let table = readTable(arguments.dropFirst().first)
+            ensureDaemon()
+            if verb == "create" {
+                ask(ControlRequest(verb: .create, name: name, table: table.text, tableSource: table.source, mapper: true),
+                    verb: verb, name: name)
+            } else {
+                ask(ControlRequest(verb: .load, name: name, table: table.text, tableSource: table.source), verb: "reload", name: name)
+            }
         default:
             ensureDaemon()
             perform(verb, arguments)
@@ -48,15 +60,6 @@ struct Dmsetup {
 
     private func perform(_ verb: String, _ arguments: [String]) {
         switch verb {
-        case "create":
-            let name = deviceName(arguments, verb, max: 2)
-            let table = readTable(arguments.dropFirst().first)
-            ask(ControlRequest(verb: .create, name: name, table: table.text, tableSource: table.source, mapper: true),
-                verb: verb, name: name)
-        case "load", "reload":
-            let name = deviceName(arguments, verb, max: 2)
-            let table = readTable(arguments.dropFirst().first)
-            ask(ControlRequest(verb: .load, name: name, table: table.text, tableSource: table.source), verb: "reload", name: name)
         case "suspend":
             for name in deviceNames(arguments, verb) {
                 ask(ControlRequest(verb: .suspend, name: name, lockfs: options.lockfs), verb: verb, name: name)
@@ -217,7 +220,7 @@ struct Dmsetup {
         var template = Array("/tmp/udm-dmsetup-start.XXXXXX".utf8CString)
         let errorFD = mkstemp(&template)
         guard errorFD >= 0 else { dmsetupFail("cannot start the udm daemon: mkstemp: \(String(cString: strerror(errno)))") }
-        let errorPath = String(cString: template)
+        let errorPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         _ = fcntl(errorFD, F_SETFD, FD_CLOEXEC)
         defer {
             close(errorFD)

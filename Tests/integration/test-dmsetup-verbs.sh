@@ -26,6 +26,11 @@ expect_dms_error() {
     [[ $n == 1 ]] || fail "dmsetup $* printed $n lines on stderr, expected one: $(cat "$out")"
 }
 
+log "a create whose table file is missing fails before any daemon is started"
+expect_dms_error "$WORK/nofile.err" create early "$WORK/no-such-table"
+grep -q "no-such-table" "$WORK/nofile.err" || fail "the error does not name the table file: $(cat "$WORK/nofile.err")"
+[[ -z $(pgrep -f -- "--socket $SOCK") && ! -e $SOCK ]] || fail "dmsetup create with a missing table file started a daemon"
+
 log "the first dmsetup call starts the daemon"
 [[ $(dms ls) == "No devices found" ]] || fail "dmsetup ls on a fresh daemon"
 DAEMON_PID=$(pgrep -f -- "--socket $SOCK" | head -n 1)
