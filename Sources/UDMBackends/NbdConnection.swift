@@ -3,12 +3,15 @@ import Glibc
 import Synchronization
 import UDMCore
 
-/// One connection to an NBD export, driven by its own poll thread.
+/// One connection to an NBD export: submitting threads issue commands, a poll thread answers.
 ///
-/// Submitting threads only queue the bio and wake the thread (an eventfd); the poll thread
-/// issues each bio as asynchronous libnbd commands (`nbd_aio_*`), waits on the socket in the
-/// direction libnbd asks for, and ends the bio from the command's completion. No thread waits
-/// for the server on a request's behalf.
+/// A bio submitted while the link is up, nothing waits before it and a command slot is free is
+/// issued by the submitting thread itself (libnbd handles are thread-safe, and sending a
+/// command does not wait for the server: the socket is non-blocking). Otherwise it is queued
+/// for the poll thread, woken by an eventfd. The poll thread waits on the socket in the
+/// direction libnbd asks for, lets libnbd read the replies (which runs the completion
+/// callbacks there), and ends each bio from its command's completion. No thread waits for the
+/// server on a request's behalf.
 ///
 /// When the connection drops (or answers nothing for the timeout while commands are out),
 /// its commands are held, as bios, and the poll thread reconnects with backoff for up to the
@@ -16,6 +19,9 @@ import UDMCore
 /// and zeroings are all safe to repeat), so a write is acknowledged only once a server has
 /// acknowledged it. Past the timeout the held bios end with EIO, and later ones fail at once,
 /// while the thread keeps trying every second; the first success brings the link back up.
+///
+/// Lock order: libnbd's handle lock, then `lock` (a callback may take it); nothing calls into
+/// libnbd while holding `lock`.
 final class NbdConnection: @unchecked Sendable {
     /// Commands one connection has out at once; more bios wait in the queue, in order.
     static let commandSlots = 256
@@ -25,27 +31,38 @@ final class NbdConnection: @unchecked Sendable {
     /// The export must stay at least this big across reconnects.
     private let sectors: UInt64
 
-    // Shared with submitters and reporters, under `lock`.
+    // Shared with submitters and reporters, under `lock`. The poll thread alone changes
+    // `handle` (under the lock) and may read it without.
     private let lock = ConditionLock()
     private var queue = NbdBioQueue(capacity: commandSlots)
     private var state = NbdLink.State.up
     private var reconnects = 0
     private var lastError = ""
     private var stopping = false
-
-    // The poll thread's own.
     private var handle: NbdHandle?
-    private var maxRequestBytes: Int
-    private var commands: [NbdCommand] = []
     private var free: NbdCommand?
-    private var answered: NbdCommand?
     private var inUse = 0 {
         didSet { commandsOut.store(inUse, ordering: .relaxed) }
     }
-    /// `inUse` for reporters.
+    /// Submitters between taking a slot and finishing its issue: the poll thread lets go of a
+    /// handle, or re-issues held commands, only once this is 0 and the link is not up.
+    private var issuing = 0
+    /// Commands whose last part ended off the poll thread, for it to finish.
+    private var answeredElsewhere: NbdCommand?
+    /// The poll thread is in libnbd reading replies (holding the handle's lock): a submitter
+    /// queues its bio rather than wait for that lock, and the poll thread takes the queue
+    /// before it polls again, so no wake-up is needed either.
+    private var readingReplies = false
+
+    // The poll thread's own.
+    private var commands: [NbdCommand] = []
+    private var answered: NbdCommand?
+    private let pollThread = Atomic<UInt>(0)
+
+    /// `inUse` for reporters and the poll thread's stall check.
     private let commandsOut = Atomic<Int>(0)
     /// When the server last answered, or when commands went out to an idle connection.
-    private var lastProgress: UInt64 = 0
+    private let lastProgress = Atomic<UInt64>(0)
     private let wakeFD: Int32
     private let pollFDs = UnsafeMutablePointer<pollfd>.allocate(capacity: 2)
 
@@ -55,7 +72,6 @@ final class NbdConnection: @unchecked Sendable {
         self.timeout = timeout
         self.sectors = sectors
         self.handle = handle
-        maxRequestBytes = Self.requestLimit(handle)
         wakeFD = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         commands = (0..<Self.commandSlots).map { _ in NbdCommand(connection: self) }
         for command in commands.reversed() {
@@ -75,7 +91,8 @@ final class NbdConnection: @unchecked Sendable {
         return lock.withLock { (state, reconnects, lastError, inFlight) }
     }
 
-    /// Queues `bio` for the poll thread; while the link is down it fails at once.
+    /// Issues `bio` on this thread when it can go at once, else queues it for the poll
+    /// thread; while the link is down it fails at once.
     func submit(_ bio: Bio) {
         lock.lock()
         guard state != .down && !stopping else {
@@ -83,10 +100,32 @@ final class NbdConnection: @unchecked Sendable {
             bio.end(.ioError)
             return
         }
-        let wasEmpty = queue.isEmpty
-        queue.append(bio)
+        guard state == .up, queue.isEmpty, !readingReplies, let current = handle, let command = free else {
+            let wasEmpty = queue.isEmpty
+            queue.append(bio)
+            let pollerWillLook = readingReplies
+            lock.unlock()
+            if wasEmpty && !pollerWillLook { wake() }
+            return
+        }
+        free = command.next
+        command.next = nil
+        take(command, for: bio, canFlush: current.canFlush)
+        issuing += 1
+        // The poll thread keeps the handle until `issuing` is back to 0: no reference counting
+        // here, so this thread never closes a handle.
+        let unretained = Unmanaged.passUnretained(current)
         lock.unlock()
-        if wasEmpty { wake() }
+        let wantsWrite = unretained._withUnsafeGuaranteedRef { handle in
+            issue(command, on: handle)
+            return nbd_aio_get_direction(handle.raw) & UInt32(LIBNBD_AIO_DIRECTION_WRITE) != 0
+        }
+        lock.lock()
+        issuing -= 1
+        if issuing == 0 && (state != .up || stopping) { lock.broadcast() }
+        lock.unlock()
+        // libnbd could not send it all at once: the poll thread waits for room.
+        if wantsWrite { wake() }
     }
 
     /// Ends the poll thread (the device is going away, its I/O drained); it closes the handle.
@@ -95,10 +134,19 @@ final class NbdConnection: @unchecked Sendable {
         wake()
     }
 
-    /// From a command's last part: the poll thread finishes it after libnbd returns.
+    /// A command's last part ended: on the poll thread (libnbd's callbacks), it is finished
+    /// after libnbd returns; anywhere else, the poll thread is told.
     func commandAnswered(_ command: NbdCommand) {
-        command.next = answered
-        answered = command
+        if pthread_self() == pollThread.load(ordering: .relaxed) {
+            command.next = answered
+            answered = command
+            return
+        }
+        lock.withLock {
+            command.next = answeredElsewhere
+            answeredElsewhere = command
+        }
+        wake()
     }
 
     private func wake() {
@@ -113,14 +161,18 @@ final class NbdConnection: @unchecked Sendable {
 
     private var isStopping: Bool { lock.withLock { stopping } }
 
-    /// The server's maximum request, in whole sectors, at most the NBD default of 32 MiB.
-    private static func requestLimit(_ handle: NbdHandle) -> Int {
-        max(min(handle.maximumBlock, 32 << 20) & ~511, 512)
+    /// Gives `bio` a slot, under the lock.
+    private func take(_ command: NbdCommand, for bio: Bio, canFlush: Bool) {
+        if inUse == 0 { lastProgress.store(monotonicNanoseconds(), ordering: .relaxed) }
+        inUse += 1
+        command.bio = bio
+        command.phase = bio.op == .write && bio.flags.contains(.preflush) && canFlush ? .preflush : .data
     }
 
     // MARK: the poll thread
 
     private func run() {
+        pollThread.store(pthread_self(), ordering: .relaxed)
         while !isStopping {
             guard let handle else {
                 reconnect()
@@ -141,40 +193,61 @@ final class NbdConnection: @unchecked Sendable {
                                               | (direction & UInt32(LIBNBD_AIO_DIRECTION_WRITE) != 0 ? POLLOUT : 0)),
                                 revents: 0)
             pollFDs[1] = pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)
-            // With commands out, wake each second to notice a server that stopped answering.
-            guard poll(pollFDs, 2, inUse > 0 ? 1000 : -1) >= 0 || errno == EINTR else {
+            // Wake each second to notice a server that stopped answering: submitters issue
+            // commands without telling this thread.
+            guard poll(pollFDs, 2, 1000) >= 0 || errno == EINTR else {
                 connectionLost("poll: \(String(cString: strerror(errno)))")
                 continue
             }
             if pollFDs[1].revents != 0 { drainWakeups() }
             let events = Int32(pollFDs[0].revents)
             var failed = false
-            if events & (POLLIN | POLLHUP | POLLERR) != 0 { failed = nbd_aio_notify_read(handle.raw) < 0 }
+            if events & (POLLIN | POLLHUP | POLLERR) != 0 {
+                lock.withLock { readingReplies = true }
+                failed = nbd_aio_notify_read(handle.raw) < 0
+                lock.withLock { readingReplies = false }
+            }
             if !failed && events & POLLOUT != 0 { failed = nbd_aio_notify_write(handle.raw) < 0 }
             if failed || handle.isDead {
                 connectionLost(NbdHandle.lastError())
                 continue
             }
+            let now = monotonicNanoseconds()
             if answered != nil {
-                lastProgress = monotonicNanoseconds()
-            } else if inUse > 0 && monotonicNanoseconds() - lastProgress > timeout {
-                connectionLost("no answer from the server for \(timeout / 1_000_000_000) s")
+                lastProgress.store(now, ordering: .relaxed)
+            } else if commandsOut.load(ordering: .relaxed) > 0 {
+                let since = lastProgress.load(ordering: .relaxed)
+                if now > since && now - since > timeout {
+                    connectionLost("no answer from the server for \(timeout / 1_000_000_000) s")
+                }
             }
         }
         shutDown()
     }
 
-    /// Gives queued bios free command slots and issues them.
+    /// Gives queued bios free command slots and issues them, and takes over the commands
+    /// answered off this thread.
     private func startQueued(on handle: NbdHandle) {
-        while let command = free {
-            guard let bio = lock.withLock({ queue.popFirst() }) else { return }
-            free = command.next
-            command.next = nil
-            if inUse == 0 { lastProgress = monotonicNanoseconds() }
-            inUse += 1
-            command.bio = bio
-            command.phase = bio.op == .write && bio.flags.contains(.preflush) && handle.canFlush ? .preflush : .data
+        var elsewhere: NbdCommand?
+        while true {
+            let next: NbdCommand? = lock.withLock {
+                if elsewhere == nil {
+                    elsewhere = answeredElsewhere
+                    answeredElsewhere = nil
+                }
+                guard let command = free, let bio = queue.popFirst() else { return nil }
+                free = command.next
+                command.next = nil
+                take(command, for: bio, canFlush: handle.canFlush)
+                return command
+            }
+            guard let command = next else { break }
             issue(command, on: handle)
+        }
+        while let command = elsewhere {
+            elsewhere = command.next
+            command.next = answered
+            answered = command
         }
     }
 
@@ -184,28 +257,34 @@ final class NbdConnection: @unchecked Sendable {
     /// false if there was one, for the caller to drop this connection and make a new one.
     private func finishAnswered(on handle: NbdHandle) -> Bool {
         var serving = true
-        while let command = answered, !handle.isDead {
+        // libnbd answers every command with ENOTCONN as a handle dies, and may do so within
+        // an issue below: checked again after each.
+        var dead = handle.isDead
+        while let command = answered, !dead {
             answered = command.next
             command.next = nil
             let bio = command.bio!
-            if command.error == ESHUTDOWN {
+            let error = command.error
+            if error == ESHUTDOWN {
                 serving = false
                 continue
             }
-            if command.error == 0 {
+            if error == 0 {
                 if command.phase == .preflush {
                     command.phase = .data
                     issue(command, on: handle)
+                    dead = handle.isDead
                     continue
                 }
                 if command.phase == .data && bio.op == .write && bio.flags.contains(.fua)
                     && !handle.canFua && handle.canFlush {
                     command.phase = .postflush
                     issue(command, on: handle)
+                    dead = handle.isDead
                     continue
                 }
             }
-            end(command, command.error == 0 ? .ok : BioStatus(errno: command.error))
+            end(command, error == 0 ? .ok : BioStatus(errno: error))
         }
         return serving
     }
@@ -213,9 +292,11 @@ final class NbdConnection: @unchecked Sendable {
     private func end(_ command: NbdCommand, _ status: BioStatus) {
         let bio = command.bio!
         command.bio = nil
-        command.next = free
-        free = command
-        inUse -= 1
+        lock.withLock {
+            command.next = free
+            free = command
+            inUse -= 1
+        }
         bio.end(status)
     }
 
@@ -226,56 +307,61 @@ final class NbdConnection: @unchecked Sendable {
         let bio = command.bio!
         let raw = handle.raw
         let offset = bio.sector << 9
-        command.error = 0
-        command.partsPending = 1
+        let limit = handle.maximumRequest
+        command.startPhase()
         func each(_ limit: Int, _ send: (_ done: Int, _ count: Int) -> Int64) {
             var done = 0
-            while done < bio.byteCount && command.error == 0 {
+            while done < bio.byteCount {
                 let count = min(limit, bio.byteCount - done)
-                command.partsPending += 1
-                if send(done, count) < 0 { command.partEnded(Self.failure()) }
+                command.partIssued()
+                if send(done, count) < 0 {
+                    command.partEnded(Self.failure())
+                    return
+                }
                 done += count
             }
+        }
+        func flush() {
+            command.partIssued()
+            if nbd_aio_flush(raw, command.callback, 0) < 0 { command.partEnded(Self.failure()) }
         }
         let callback = command.callback
         let writes = bio.op == .write || bio.op == .discard || bio.op == .writeZeroes
         switch command.phase {
         case .preflush, .postflush:
-            command.partsPending += 1
-            if nbd_aio_flush(raw, callback, 0) < 0 { command.partEnded(Self.failure()) }
+            flush()
         case .data where writes && handle.readOnly:
-            command.error = EROFS
+            command.partIssued()
+            command.partEnded(EROFS)
         case .data:
             switch bio.op {
             case .read:
-                each(maxRequestBytes) { done, count in
+                each(limit) { done, count in
                     nbd_aio_pread(raw, bio.buffer! + done, count, offset + UInt64(done), callback, 0)
                 }
             case .write:
                 let flags = bio.flags.contains(.fua) && handle.canFua ? UInt32(LIBNBD_CMD_FLAG_FUA) : 0
-                each(maxRequestBytes) { done, count in
+                each(limit) { done, count in
                     nbd_aio_pwrite(raw, bio.buffer! + done, count, offset + UInt64(done), callback, flags)
                 }
             case .flush:
-                if handle.canFlush {
-                    command.partsPending += 1
-                    if nbd_aio_flush(raw, callback, 0) < 0 { command.partEnded(Self.failure()) }
-                }
+                if handle.canFlush { flush() }
             case .discard:
                 guard handle.canTrim else {
-                    command.error = EOPNOTSUPP
+                    command.partIssued()
+                    command.partEnded(EOPNOTSUPP)
                     break
                 }
-                each(maxRequestBytes) { done, count in
+                each(limit) { done, count in
                     nbd_aio_trim(raw, UInt64(count), offset + UInt64(done), callback, 0)
                 }
             case .writeZeroes:
                 if handle.canZero {
-                    each(maxRequestBytes) { done, count in
+                    each(limit) { done, count in
                         nbd_aio_zero(raw, UInt64(count), offset + UInt64(done), callback, 0)
                     }
                 } else {
-                    each(min(maxRequestBytes, nbdZeroBufferBytes)) { done, count in
+                    each(min(limit, nbdZeroBufferBytes)) { done, count in
                         nbd_aio_pwrite(raw, nbdZeroBuffer, count, offset + UInt64(done), callback, 0)
                     }
                 }
@@ -290,14 +376,25 @@ final class NbdConnection: @unchecked Sendable {
         return error != 0 ? error : EIO
     }
 
-    /// The connection dropped or stalled: drop the handle (closed once the poll loop lets go
-    /// of it); `reconnect` holds its commands for a new one.
+    /// The connection dropped or stalled: no more commands go out on this handle; `reconnect`
+    /// lets go of it and holds its commands for a new one.
     private func connectionLost(_ cause: String) {
-        handle = nil
         lock.withLock {
             state = .reconnecting
             lastError = cause
         }
+        releaseHandle()
+    }
+
+    /// Waits for submitters still issuing on the handle, then drops it (closing it on this
+    /// thread: libnbd may answer its commands with errors as it closes).
+    private func releaseHandle() {
+        let old = lock.waitUntil({ issuing == 0 }) {
+            let old = handle
+            handle = nil
+            return old
+        }
+        _ = old
     }
 
     /// Tries to connect again with backoff; re-issues the held commands on success. Gives up
@@ -306,10 +403,9 @@ final class NbdConnection: @unchecked Sendable {
         // The old handle is closed by now, and libnbd may have answered its commands (with
         // errors) as it went: forget those answers, every command in use is held afresh.
         answered = nil
+        lock.withLock { answeredElsewhere = nil }
         for command in commands where command.bio != nil {
             command.next = nil
-            command.partsPending = 0
-            command.error = 0
             // A write's FUA stands in for a flush that may not have reached the server.
             if command.phase == .postflush { command.phase = .data }
         }
@@ -326,14 +422,14 @@ final class NbdConnection: @unchecked Sendable {
                 guard fresh.minimumBlock <= 512 else {
                     throw NbdError(uri, "the export now needs requests aligned to \(fresh.minimumBlock) bytes")
                 }
-                handle = fresh
-                maxRequestBytes = Self.requestLimit(fresh)
+                lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
+                // Held commands go out before submitters may issue on the new handle.
+                for command in commands where command.bio != nil { issue(command, on: fresh) }
                 lock.withLock {
+                    handle = fresh
                     state = .up
                     reconnects += 1
                 }
-                lastProgress = monotonicNanoseconds()
-                for command in commands where command.bio != nil { issue(command, on: fresh) }
                 return
             } catch {
                 lock.withLock { lastError = error.cause }
@@ -373,11 +469,11 @@ final class NbdConnection: @unchecked Sendable {
     /// The device is gone: nothing should be left, but whatever is ends with EIO.
     private func shutDown() {
         if let handle, !handle.isDead { _ = nbd_aio_disconnect(handle.raw, 0) }
-        handle = nil
+        releaseHandle()
         for command in commands where command.bio != nil { end(command, .ioError) }
         while let bio = lock.withLock({ queue.popFirst() }) { bio.end(.ioError) }
         commands = []
-        free = nil
+        lock.withLock { free = nil }
     }
 }
 

@@ -17,6 +17,8 @@ final class NbdHandle: @unchecked Sendable {
     /// preferred size is not used: udm sends what its bios are.
     let minimumBlock: Int
     let maximumBlock: Int
+    /// The largest request udm sends: the maximum in whole sectors, at most NBD's default 32 MiB.
+    var maximumRequest: Int { max(min(maximumBlock, 32 << 20) & ~511, 512) }
 
     /// Connects to `uri` and negotiates, giving up at `deadline` (monotonic nanoseconds).
     /// Throws one line naming the URI and the cause.
@@ -26,6 +28,9 @@ final class NbdHandle: @unchecked Sendable {
         do throws(NbdError) {
             // udm ends every bio with its own status; libnbd need not zero read buffers first.
             _ = nbd_set_pread_initialize(raw, false)
+            // Simple replies: udm needs no hole chunks or block status, and libnbd reads a
+            // simple read reply in two recv calls where a structured one takes three.
+            _ = nbd_set_request_structured_replies(raw, false)
             _ = nbd_set_handle_name(raw, "udm")
             if NbdURI(uri)?.usesTLS == true && nbd_supports_tls(raw) != 1 {
                 throw NbdError(uri, "this libnbd was built without TLS support")

@@ -61,7 +61,7 @@ final class NbdDeviceTests: XCTestCase {
         XCTAssertEqual(device.name, uri.text)
         XCTAssertTrue(device.canMultiConn, "nbdkit's memory plugin advertises multi-conn")
         XCTAssertEqual(device.link.state, .up)
-        XCTAssertEqual(device.link.connections, NbdDevice.maxConnections)
+        XCTAssertEqual(device.link.connections, NbdDevice.defaultConnections)
         XCTAssertEqual(device.link.reconnects, 0)
         let data = pattern(1 << 20, seed: 7)
         defer { data.deallocate() }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What an NBD server advertises shapes the disk: multi-conn gets four connections, a server
-# without it one (`udm info` says which); a server whose maximum request is 64 KiB (and that
+# What an NBD server advertises shapes the disk: multi-conn gets one connection per CPU (at
+# most four), a server without it one (`udm info` says which); a server whose maximum request is 64 KiB (and that
 # fails anything larger) still takes 1 MiB writes and reads, cut by udm, byte-exact; a server
 # whose minimum block is 4096 bytes is refused with one line, nothing created.
 source "$(dirname "$0")/functions.sh"
@@ -16,10 +16,12 @@ start_nbdkit small "$SMALL" --filter=blocksize-policy file "$IMAGE" blocksize-ma
 start_nbdkit big "$BIG" --filter=blocksize-policy memory 32M blocksize-minimum=4096
 
 start_daemon
-log "multi-conn: four connections; without it, one"
+log "multi-conn: one connection per CPU, at most four; without it, one"
+CPUS=$(getconf _NPROCESSORS_ONLN)
+WANT=$((CPUS < 4 ? CPUS : 4))
 udm_ok create multi --table "0 $SECTORS linear nbd+unix:///?socket=$MULTI 0"
 udm_ok create single --table "0 $SECTORS linear nbd+unix:///?socket=$SINGLE 0"
-udm info multi | grep -q "^NBD link: .* up (4 connections, 0 reconnects" || fail "multi: $(udm info multi | grep '^NBD link:')"
+udm info multi | grep -Eq "^NBD link: .* up \($WANT connections?, 0 reconnects" || fail "multi ($CPUS CPUs): $(udm info multi | grep '^NBD link:')"
 udm info single | grep -q "^NBD link: .* up (1 connection, 0 reconnects" || fail "single: $(udm info single | grep '^NBD link:')"
 udm info --json single | grep -q '"nbd":\[{"connections":1,' || fail "single, JSON: $(udm info --json single)"
 udm status --json single | grep -q '"nbd":\[{"connections":1,"inFlight":0,"reconnects":0,"state":"up"' ||
